@@ -1,0 +1,1 @@
+"""flowscale_ray."""

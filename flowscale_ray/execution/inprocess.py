@@ -1,0 +1,141 @@
+"""In-process executor: drives search generators against one ParticleEngine in this process.
+
+Many prompts can be in flight at once (`in_flight`): their batches are pooled into the same model calls,
+which is what the Ray runtime does across replicas. Results do not depend on `in_flight`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from flowscale_ray.core.noise import derive_seed
+from flowscale_ray.execution.engine import Evaluated, ParticleEngine
+from flowscale_ray.execution.tasks import SearchTask, TaskResult
+from flowscale_ray.prompts import Prompt
+from flowscale_ray.rewards.base import Reward, as_reward_tensor
+from flowscale_ray.search.protocol import (
+    STREAM_DECISION,
+    Batch,
+    Evaluation,
+    Expand,
+    Init,
+    SearchContext,
+    SearchGenerator,
+)
+
+
+def decision_seed(run_seed: int, prompt_id: str) -> int:
+    """Seed for a method's own random decisions (e.g. SMC resampling) on one prompt."""
+    return derive_seed(run_seed, prompt_id, STREAM_DECISION)
+
+
+@dataclass
+class _Running:
+    key: int
+    task: SearchTask
+    gen: SearchGenerator
+    batch: Batch
+    started: float
+    nfe: int = 0
+    lineage: dict[int, Init | Expand] = field(default_factory=dict)
+
+
+def score(reward: Reward, previews: Sequence[torch.Tensor], prompts: Sequence[Prompt]) -> list[float]:
+    if not previews:
+        return []
+    values = as_reward_tensor(reward(torch.stack(list(previews)), prompts), len(previews))
+    return values.tolist()
+
+
+def lineage_of(lineage: dict[int, Init | Expand], pid: int) -> list[Init | Expand]:
+    chain: list[Init | Expand] = []
+    while True:
+        req = lineage[pid]
+        chain.append(req)
+        if isinstance(req, Init):
+            return chain[::-1]
+        pid = req.parent
+
+
+class InProcessExecutor:
+    def __init__(
+        self,
+        engine: ParticleEngine,
+        reward: Reward,
+        held_out: Reward | None = None,
+        in_flight: int = 1,
+    ) -> None:
+        if in_flight < 1:
+            raise ValueError(f"in_flight: must be >= 1, got {in_flight}")
+        self.engine = engine
+        self.reward = reward
+        self.held_out = held_out
+        self.in_flight = in_flight
+        self.context = SearchContext(grid=engine.grid)
+
+    def run(self, tasks: Iterable[SearchTask]) -> Iterator[TaskResult]:
+        """Yield one TaskResult per task, in completion order (which equals task order when in_flight=1)."""
+        pending = iter(enumerate(tasks))
+        running: dict[int, _Running] = {}
+        while True:
+            while len(running) < self.in_flight:
+                nxt = next(pending, None)
+                if nxt is None:
+                    break
+                key, task = nxt
+                run = self._start(key, task)
+                if run is not None:
+                    running[key] = run
+            if not running:
+                return
+            outputs = self.engine.run([(r.key, r.batch) for r in running.values()])
+            for key in list(running):
+                run = running[key]
+                evals = self._evaluations(run, outputs[key])
+                try:
+                    run.batch = run.gen.send(evals)
+                except StopIteration as stop:
+                    del running[key]
+                    yield self._finish(run, stop.value)
+
+    def _start(self, key: int, task: SearchTask) -> _Running:
+        seed = task.effective_seed
+        self.engine.open_task(key, task.prompt.id, task.prompt.text, seed)
+        gen = task.method.search(self.context, decision_seed(seed, task.prompt.id))
+        run = _Running(key=key, task=task, gen=gen, batch=next(gen), started=time.perf_counter())
+        return run
+
+    def _evaluations(self, run: _Running, outputs: list[Evaluated]) -> dict[int, Evaluation]:
+        for req in (*run.batch.inits, *run.batch.expands):
+            run.lineage[req.pid] = req
+        scored = [o for o in outputs if o.preview is not None]
+        rewards = score(self.reward, [o.preview for o in scored], [run.task.prompt] * len(scored))  # type: ignore[misc]
+        by_pid = {o.pid: r for o, r in zip(scored, rewards, strict=True)}
+        evals = {}
+        for o in outputs:
+            run.nfe += o.nfe
+            evals[o.pid] = Evaluation(pid=o.pid, reward=by_pid.get(o.pid, math.nan), s=o.s, nfe=o.nfe)
+        return evals
+
+    def _finish(self, run: _Running, outcome) -> TaskResult:
+        samples, images = self.engine.finalize(run.key, [outcome.best])
+        prompts = [run.task.prompt]
+        reward = score(self.reward, [images[0]], prompts)[0]
+        held = score(self.held_out, [images[0]], prompts)[0] if self.held_out is not None else None
+        self.engine.close_task(run.key)
+        return TaskResult(
+            prompt=run.task.prompt,
+            outcome=outcome,
+            sample=samples[0],
+            image=images[0],
+            reward=reward,
+            held_out=held,
+            nfe=run.nfe,
+            lineage=lineage_of(run.lineage, outcome.best),
+            seconds=time.perf_counter() - run.started,
+        )
