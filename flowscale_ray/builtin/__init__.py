@@ -1,0 +1,9 @@
+"""Built-in quantity-aware task: a procedural coloured-shapes dataset, a small text-conditioned flow model
+trained on it, and the counting rewards.
+
+- `shapes`: dataset generator, prompt language ("2 blue squares and 4 yellow circles"), evaluation prompts.
+- `model`: the flow model, registered as model "shapes" (`load_shapes_model`), plus plain ODE evaluation.
+- `counting`: the paper's counting reward, registered as reward "counting", and exact-count accuracy.
+- `heldout`: a CNN count predictor, registered as reward "counting_heldout" (never optimised by search).
+- `train`, `train_heldout`: the scripts that produce the shipped weights in `flowscale_ray/assets/`.
+"""
