@@ -70,6 +70,5 @@ def time_conversion(source: Interpolant, target: Interpolant, s: Tensor) -> Time
 def convert_velocity(conv: TimeConversion, x_target: Tensor, u_source: Tensor) -> Tensor:
     """u_target = (c'/c) x + c t' u_source(x / c, t_s) (paper Eq. 11)."""
     return (
-        _bcast(conv.d_scale / conv.scale, x_target) * x_target
-        + _bcast(conv.scale * conv.d_time, x_target) * u_source
+        _bcast(conv.d_scale / conv.scale, x_target) * x_target + _bcast(conv.scale * conv.d_time, x_target) * u_source
     )

@@ -64,7 +64,5 @@ def diffusion_coefficient(name: str, norm: float, s: Tensor, interp: Interpolant
     try:
         shape = DIFFUSION_SCHEDULES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown diffusion schedule {name!r}; allowed: {', '.join(DIFFUSION_SCHEDULES)}"
-        ) from None
+        raise ValueError(f"unknown diffusion schedule {name!r}; allowed: {', '.join(DIFFUSION_SCHEDULES)}") from None
     return norm * shape(s, interp)

@@ -57,9 +57,7 @@ class SamplerSpec:
 
     def __post_init__(self) -> None:
         if self.interpolant not in INTERPOLANTS:
-            raise ValueError(
-                f"sampler.interpolant: unknown {self.interpolant!r}; allowed: {', '.join(INTERPOLANTS)}"
-            )
+            raise ValueError(f"sampler.interpolant: unknown {self.interpolant!r}; allowed: {', '.join(INTERPOLANTS)}")
         if self.diffusion not in DIFFUSION_SCHEDULES:
             raise ValueError(
                 f"sampler.diffusion: unknown {self.diffusion!r}; allowed: {', '.join(DIFFUSION_SCHEDULES)}"
@@ -67,9 +65,7 @@ class SamplerSpec:
         if self.grid not in TIME_GRIDS:
             raise ValueError(f"sampler.grid: unknown {self.grid!r}; allowed: {', '.join(TIME_GRIDS)}")
         if self.final_step not in FINAL_STEPS:
-            raise ValueError(
-                f"sampler.final_step: unknown {self.final_step!r}; allowed: {', '.join(FINAL_STEPS)}"
-            )
+            raise ValueError(f"sampler.final_step: unknown {self.final_step!r}; allowed: {', '.join(FINAL_STEPS)}")
         if self.steps < 2:
             raise ValueError(f"sampler.steps: must be >= 2, got {self.steps}")
         if self.diffusion_norm < 0:

@@ -12,18 +12,41 @@ import struct
 import torch
 from torch import Tensor
 
+_MASK = (1 << 63) - 1
+_INT_TAG = b"i" + struct.pack("<I", 8)
+
+
+def _encode(part: int | str) -> bytes:
+    if isinstance(part, bool) or not isinstance(part, int | str):
+        raise TypeError(f"seed parts must be int or str, got {type(part).__name__}")
+    if isinstance(part, str):
+        data = part.encode()
+        return b"s" + struct.pack("<I", len(data)) + data
+    return _INT_TAG + struct.pack("<q", part)
+
 
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed from a stable hash of the parts (independent of PYTHONHASHSEED and platform)."""
     h = hashlib.blake2b(digest_size=8)
     for part in parts:
-        if isinstance(part, bool) or not isinstance(part, int | str):
-            raise TypeError(f"seed parts must be int or str, got {type(part).__name__}")
-        data = part.encode() if isinstance(part, str) else struct.pack("<q", part)
-        h.update(b"s" if isinstance(part, str) else b"i")
-        h.update(struct.pack("<I", len(data)))
-        h.update(data)
-    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+        h.update(_encode(part))
+    return int.from_bytes(h.digest(), "little") & _MASK
+
+
+class SeedDeriver:
+    """derive_seed(*prefix, *ints) with the prefix hashed once: the hot path for per-particle noise."""
+
+    def __init__(self, *prefix: int | str) -> None:
+        self._h = hashlib.blake2b(digest_size=8)
+        for part in prefix:
+            self._h.update(_encode(part))
+
+    def __call__(self, *ints: int) -> int:
+        h = self._h.copy()
+        for v in ints:
+            h.update(_INT_TAG)
+            h.update(struct.pack("<q", v))
+        return int.from_bytes(h.digest(), "little") & _MASK
 
 
 def standard_normal(
@@ -34,4 +57,5 @@ def standard_normal(
     Drawing on the CPU keeps the values identical across devices and batch sizes.
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    z = torch.randn(shape, generator=gen, dtype=torch.float32)
+    return z if dtype == torch.float32 and str(device) == "cpu" else z.to(device=device, dtype=dtype)

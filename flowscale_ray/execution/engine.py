@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from flowscale_ray.core.dynamics import Dynamics, SamplerSpec
-from flowscale_ray.core.noise import derive_seed, standard_normal
+from flowscale_ray.core.noise import SeedDeriver, standard_normal
 from flowscale_ray.models.base import Condition, FlowModel, cat_conditions
 from flowscale_ray.search.protocol import Batch, Expand, Init, Move, NoiseKey
 
@@ -45,8 +45,7 @@ class Evaluated:
 
 @dataclass
 class _Task:
-    prompt_id: str
-    seed: int
+    seeds: SeedDeriver  # (run seed, prompt id) prefix
     cond: Condition
 
 
@@ -66,7 +65,7 @@ class ParticleEngine:
 
     # -- task lifecycle ---------------------------------------------------------------------------------
     def open_task(self, key: TaskKey, prompt_id: str, prompt_text: str, seed: int) -> None:
-        self.tasks[key] = _Task(prompt_id=prompt_id, seed=seed, cond=self.model.encode([prompt_text]))
+        self.tasks[key] = _Task(seeds=SeedDeriver(seed, prompt_id), cond=self.model.encode([prompt_text]))
 
     def close_task(self, key: TaskKey) -> None:
         self.tasks.pop(key, None)
@@ -85,8 +84,7 @@ class ParticleEngine:
 
     # -- noise ----------------------------------------------------------------------------------------------
     def noise(self, key: TaskKey, nk: NoiseKey) -> Tensor:
-        task = self.tasks[key]
-        seed = derive_seed(task.seed, task.prompt_id, nk.chain, nk.step, nk.candidate, nk.stream)
+        seed = self.tasks[key].seeds(nk.chain, nk.step, nk.candidate, nk.stream)
         return standard_normal(self.model.latent_shape, seed)
 
     # -- velocity ---------------------------------------------------------------------------------------------
@@ -98,14 +96,21 @@ class ParticleEngine:
         s = torch.tensor([p.s for _, p in rows], dtype=torch.float64)
         if (s <= 0).any():
             raise ValueError("velocity requested at s <= 0")
-        cond = cat_conditions([self.tasks[k].cond for k, _ in rows])
+        cond = self._conditions([k for k, _ in rows])
         x_model, t_model, conv = self.dynamics.model_query(x, s)
         u_model = self._model_velocity(x_model, t_model, cond)
         u = self.dynamics.target_velocity(x, u_model.to(torch.float32), conv)
         x0 = self.dynamics.x0(x, u, s)
-        for i, (_, p) in enumerate(rows):
-            p.u, p.x0 = u[i].clone(), x0[i].float().clone()
+        for p, u_row, x0_row in zip((p for _, p in rows), u.unbind(0), x0.float().unbind(0), strict=True):
+            p.u, p.x0 = u_row, x0_row
         self.nfe += len(rows)
+
+    def _conditions(self, keys: list[TaskKey]) -> Condition:
+        """One condition row per key (the prompt encodings are computed once per task, at open)."""
+        order: dict[TaskKey, int] = {}
+        index = torch.tensor([order.setdefault(k, len(order)) for k in keys])
+        table = cat_conditions([self.tasks[k].cond for k in order])
+        return {name: v.index_select(0, index.to(v.device)) for name, v in table.items()}
 
     def _model_velocity(self, x: Tensor, t: Tensor, cond: Condition) -> Tensor:
         n = x.shape[0]
@@ -150,7 +155,7 @@ class ParticleEngine:
                     z = torch.stack([self.noise(key, rows[i][1].noise or _missing_noise()) for i in idx])
                 x_new = self.dynamics.step(x, u, s, s_to, z)
             for j, i in enumerate(idx):
-                out[i] = Particle(x=x_new[j].float().clone(), s=rows[i][1].s_to)
+                out[i] = Particle(x=x_new[j].float(), s=rows[i][1].s_to)
         return out  # type: ignore[return-value]
 
     # -- a round of work ------------------------------------------------------------------------------------
@@ -203,9 +208,7 @@ class ParticleEngine:
         if scored:
             x0 = torch.stack([p.x0 if p.x0 is not None else p.x for _, _, p in scored])
             with torch.inference_mode():
-                images = (
-                    self.model.decode(x0.to(device=self.model.device, dtype=self.model.dtype)).float().cpu()
-                )
+                images = self.model.decode(x0.to(device=self.model.device, dtype=self.model.dtype)).float().cpu()
             for i, (k, pid, _) in enumerate(scored):
                 previews[(k, pid)] = images[i]
         for k, pid, p, _ in created:
@@ -213,6 +216,11 @@ class ParticleEngine:
             results[k].append(Evaluated(pid=pid, nfe=nfe, s=p.s, preview=previews.get((k, pid))))
         for key, batch in work:
             self.release(key, batch.release)
+        # Rows of batched tensors are views; own copies keep a kept particle from pinning its whole batch.
+        for _, _, p, _ in created:
+            p.x = p.x.clone()
+            p.u = None if p.u is None else p.u.clone()
+            p.x0 = None if p.x0 is None else p.x0.clone()
         return results
 
     # -- output ------------------------------------------------------------------------------------------------
@@ -229,9 +237,7 @@ class ParticleEngine:
                 finals.append(self.dynamics.final(p.x[None], p.u[None], s)[0])  # type: ignore[index]
         samples = torch.stack(finals)
         with torch.inference_mode():
-            images = (
-                self.model.decode(samples.to(device=self.model.device, dtype=self.model.dtype)).float().cpu()
-            )
+            images = self.model.decode(samples.to(device=self.model.device, dtype=self.model.dtype)).float().cpu()
         return samples, images
 
 

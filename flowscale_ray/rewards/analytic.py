@@ -33,9 +33,7 @@ class ModeLogDensity(Reward):
         if mean is not None:
             self.mean = torch.tensor(mean, dtype=torch.float64)
             self.variance = (
-                torch.tensor(variance, dtype=torch.float64)
-                if variance is not None
-                else torch.ones_like(self.mean)
+                torch.tensor(variance, dtype=torch.float64) if variance is not None else torch.ones_like(self.mean)
             )
         else:
             from flowscale_ray.models.registry import build_model

@@ -81,9 +81,7 @@ def _is_plain_reward_fn(obj: Any) -> bool:
     import inspect
 
     try:
-        params = [
-            p for p in inspect.signature(obj).parameters.values() if p.default is inspect.Parameter.empty
-        ]
+        params = [p for p in inspect.signature(obj).parameters.values() if p.default is inspect.Parameter.empty]
     except (TypeError, ValueError):
         return False
     return len(params) == 2

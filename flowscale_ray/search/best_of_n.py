@@ -62,9 +62,7 @@ class BestOfN(SearchMethod):
             finals = [e.pid for e in expands]
         rewards = [evals[p].reward for p in finals]
         order = rank_desc(rewards)
-        record = StepRecord(
-            step=len(times) - 1, s=times[-1], nfe=nfe, candidates=n, best_reward=rewards[order[0]]
-        )
+        record = StepRecord(step=len(times) - 1, s=times[-1], nfe=nfe, candidates=n, best_reward=rewards[order[0]])
         return SearchOutcome(
             best=finals[order[0]],
             reward=rewards[order[0]],

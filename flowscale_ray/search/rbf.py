@@ -113,9 +113,7 @@ class RolloverBudgetForcing(SearchMethod):
                     base_quota=shares[b] // intervals,
                 )
             )
-        release = tuple(
-            i.pid for per_chain in seeds for i in per_chain if i.pid not in {ch.state for ch in chains}
-        )
+        release = tuple(i.pid for per_chain in seeds for i in per_chain if i.pid not in {ch.state for ch in chains})
         for ch in chains:
             self._enter_interval(ch, 0, rollover=0, intervals=intervals)
         records: list[StepRecord] = []
@@ -147,9 +145,7 @@ class RolloverBudgetForcing(SearchMethod):
                     records.append(self._record(ch, times, accepted=1, rollover=ch.quota - ch.drawn))
                     ch.best = reward
                     release += self._move_to(ch, child)
-                    self._enter_interval(
-                        ch, ch.interval + 1, rollover=ch.quota - ch.drawn, intervals=intervals
-                    )
+                    self._enter_interval(ch, ch.interval + 1, rollover=ch.quota - ch.drawn, intervals=intervals)
                 elif ch.drawn == ch.quota:
                     records.append(self._record(ch, times, accepted=0, rollover=0))
                     release += self._move_to(ch, ch.interval_best_pid)

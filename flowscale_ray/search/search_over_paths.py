@@ -130,8 +130,7 @@ class SearchOverPaths(SearchMethod):
                 chosen = [flat[i].pid for i in order]
             else:
                 chosen = [
-                    per_chain[argmax_first([evals[e.pid].reward for e in per_chain])].pid
-                    for per_chain in children
+                    per_chain[argmax_first([evals[e.pid].reward for e in per_chain])].pid for per_chain in children
                 ]
             chains = chosen
             rewards = [evals[p].reward for p in chains]

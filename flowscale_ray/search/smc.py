@@ -93,8 +93,7 @@ class SMC(SearchMethod):
             else:
                 parents, parent_rewards = particles, rewards
             children = tuple(
-                Expand(new_pid(), parent=parents[i], moves=(Move(times[k], NoiseKey(i, k, 0)),))
-                for i in range(n)
+                Expand(new_pid(), parent=parents[i], moves=(Move(times[k], NoiseKey(i, k, 0)),)) for i in range(n)
             )
             evals = yield Batch(expands=children, release=tuple(particles))
             step_nfe = spent(evals)

@@ -1,0 +1,355 @@
+"""Job files: typed, validated configuration that rejects unknown keys.
+
+A job file is YAML:
+
+    name: demo                      # run name (output folder)
+    seed: 0                         # run seed; a prompt's own seed overrides it
+    model:   {name: gmm2d, options: {}}
+    sampler: {preset: vp-sde, steps: 10}          # or interpolant/sde/diffusion/... directly
+    method:  {name: rbf, nfe_budget: 500}         # method settings inline, validated per method
+    reward:  {name: mode_log_density, options: {mode: 2}}
+    held_out: {name: negative_distance, options: {target: [0.5, -3.5]}}   # optional
+    prompts: ["a prompt", ...]                    # or {file: prompts.txt}
+    executor: {kind: inprocess, in_flight: 4, micro_batch: null}
+    output: {dir: results}
+
+Every error names the field and what is allowed, as one line: `method.nfe_budget: must be > 0, got -5`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
+
+
+class ConfigError(ValueError):
+    """A bad job file. str() is one line naming the field."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}" if where else message)
+        self.where = where
+
+
+# -- generic dataclass loading ------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin in (dict, Mapping):
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        structured = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if isinstance(value, Mapping) and len(structured) == 1:
+            return load_dataclass(structured[0], value, where)  # its own, precise errors
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(where, f"expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(where, f"expected null, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(where, f"must be one of {', '.join(map(str, typing.get_args(tp)))}; got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(where, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(where, f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(where, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(where, f"expected a string, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(where, f"expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(where, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return load_dataclass(tp, value, where)
+    raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def load_dataclass(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping: unknown keys, wrong types and failed checks are ConfigErrors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, f"expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            allowed = ", ".join(fields) or "(none)"
+            raise ConfigError(_join(where, str(key)), f"unknown key; allowed: {allowed}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], _join(where, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(_join(where, name), "required")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        # Component checks raise "field: problem"; anchor them under this section.
+        head, sep, rest = msg.partition(": ")
+        if sep and head in fields:
+            raise ConfigError(_join(where, head), rest) from None
+        if sep and where and head.startswith(f"{where}."):
+            raise ConfigError(head, rest) from None
+        raise ConfigError(where, msg) from None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def anchored(section: str, message: str) -> ConfigError:
+    """A ConfigError for a component's message: 'field: problem' -> 'section.field: problem'."""
+    head, sep, rest = message.partition(": ")
+    if sep and head.startswith(f"{section}."):
+        return ConfigError(head, rest)
+    if sep and head.replace("_", "").replace(".", "").isalnum() and " " not in head:
+        return ConfigError(_join(section, head), rest)
+    return ConfigError(section, message)
+
+
+# -- the job schema -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    """A registered component (model, reward) by name, with its constructor options."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PromptFileConfig:
+    file: str
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    kind: Literal["inprocess"] = "inprocess"
+    in_flight: int = 4
+    micro_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.in_flight < 1:
+            raise ValueError(f"in_flight: must be >= 1, got {self.in_flight}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError(f"micro_batch: must be >= 1 or null, got {self.micro_batch}")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "results"
+    save_images: bool = True
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str
+    settings: Any  # the method's own validated Config dataclass
+
+    def build(self):
+        from flowscale_ray.search import METHODS
+
+        return METHODS[self.name](self.settings)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    model: ComponentConfig
+    method: MethodConfig
+    reward: ComponentConfig
+    prompts: list[str] | PromptFileConfig
+    name: str = "job"
+    seed: int = 0
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    held_out: ComponentConfig | None = None
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def _load_method(data: Any) -> MethodConfig:
+    from flowscale_ray.search import METHODS
+
+    if not isinstance(data, Mapping):
+        raise ConfigError("method", f"expected a mapping with a 'name', got {data!r}")
+    if "name" not in data:
+        raise ConfigError("method.name", f"required; allowed: {', '.join(METHODS)}")
+    name = data["name"]
+    if name not in METHODS:
+        raise ConfigError("method.name", f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
+    settings = {k: v for k, v in data.items() if k != "name"}
+    cfg = load_dataclass(METHODS[name].Config, settings, "method")
+    return MethodConfig(name=name, settings=cfg)
+
+
+def _load_sampler(data: Any) -> SamplerSpec:
+    if data is None:
+        return SamplerSpec()
+    if not isinstance(data, Mapping):
+        raise ConfigError("sampler", f"expected a mapping, got {data!r}")
+    data = dict(data)
+    preset = data.pop("preset", None)
+    if preset is not None:
+        if preset not in SAMPLER_PRESETS:
+            raise ConfigError("sampler.preset", f"unknown preset {preset!r}; allowed: {', '.join(SAMPLER_PRESETS)}")
+        data = {**SAMPLER_PRESETS[preset], **data}
+    try:
+        return load_dataclass(SamplerSpec, data, "sampler")
+    except ConfigError as exc:
+        if "unknown key" in str(exc):
+            raise ConfigError(exc.where, str(exc).split(": ", 1)[1] + ", preset") from None
+        raise
+
+
+def load_job(data: Any, source: str = "job") -> JobConfig:
+    """Validate a parsed job document."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("", f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    data = dict(data)
+    if "method" not in data:
+        raise ConfigError("method", "required")
+    method = _load_method(data.pop("method"))
+    sampler = _load_sampler(data.pop("sampler", None))
+    for key in data:
+        if key not in _JOB_KEYS:
+            raise ConfigError(str(key), f"unknown key; allowed: {', '.join(_JOB_KEYS)}")
+    # method and sampler have their own loaders; everything else is validated generically.
+    rest = load_dataclass(_JobRest, data, "")
+    from flowscale_ray.search.protocol import SearchContext
+
+    try:
+        method.build().planned_nfe(SearchContext(grid=sampler.grid_times()))
+    except ValueError as exc:
+        raise anchored("method", str(exc)) from None
+    return JobConfig(
+        model=rest.model,
+        method=method,
+        reward=rest.reward,
+        prompts=rest.prompts,
+        name=rest.name,
+        seed=rest.seed,
+        sampler=sampler,
+        held_out=rest.held_out,
+        executor=rest.executor,
+        output=rest.output,
+    )
+
+
+@dataclass(frozen=True)
+class _JobRest:
+    model: ComponentConfig
+    reward: ComponentConfig
+    prompts: list[str] | PromptFileConfig
+    name: str = "job"
+    seed: int = 0
+    held_out: ComponentConfig | None = None
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+_JOB_KEYS = ("name", "seed", "model", "sampler", "method", "reward", "held_out", "prompts", "executor", "output")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b.c=value' -> (['a', 'b', 'c'], parsed YAML value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError("--set", f"expected key.path=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError("--set", f"{'.'.join(path)}: {part} is not a mapping")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def read_job_file(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read, override and validate a job file. Raises ConfigError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"{path}: no such job file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ConfigError("", f"{path}: invalid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path}: not UTF-8 text") from None
+    if data is None:
+        raise ConfigError("", f"{path}: empty job file")
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return load_job(data, str(path))
+    except ConfigError as exc:
+        raise ConfigError("", f"{path}: {exc}") from None
