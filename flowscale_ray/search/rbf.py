@@ -19,7 +19,7 @@ interval. Output: the chain whose final state scores highest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flowscale_ray.search.base import SearchMethod, argmax_first, positive, rank_desc, register_method, spent
 from flowscale_ray.search.protocol import (
@@ -61,7 +61,6 @@ class _Chain:
     drawn: int = 0
     interval_best: float = float("-inf")
     interval_best_pid: int = -1
-    interval_candidates: list[int] = field(default_factory=list)
     done: bool = False
 
 
@@ -137,9 +136,13 @@ class RolloverBudgetForcing(SearchMethod):
                 reward = evals[child].reward
                 ch.drawn += 1
                 ch.budget -= 1
-                ch.interval_candidates.append(child)
+                # Only the interval's best candidate can still be chosen: release the others at once.
                 if reward > ch.interval_best:
+                    if ch.interval_best_pid >= 0 and ch.interval_best_pid != child:
+                        release += (ch.interval_best_pid,)
                     ch.interval_best, ch.interval_best_pid = reward, child
+                else:
+                    release += (child,)
                 last = ch.interval == intervals - 1
                 if not last and reward > ch.best:
                     records.append(self._record(ch, times, accepted=1, rollover=ch.quota - ch.drawn))
@@ -166,10 +169,10 @@ class RolloverBudgetForcing(SearchMethod):
 
     @staticmethod
     def _move_to(ch: _Chain, pid: int) -> tuple[int, ...]:
-        """Make pid the chain's state; return the particles that are no longer needed."""
-        drop = (ch.state, *(p for p in ch.interval_candidates if p != pid))
+        """Make pid (the interval's best candidate) the chain's state; return the old state to release."""
+        assert pid == ch.interval_best_pid
+        drop = (ch.state,)
         ch.state = pid
-        ch.interval_candidates = []
         return drop
 
     @staticmethod
