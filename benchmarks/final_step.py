@@ -37,14 +37,28 @@ def main() -> None:
         for k in range(3):
             ratios += (x[comp == k].var(0) / model.variances[k]).tolist()
         worst = max(ratios, key=lambda r: abs(torch.log(torch.tensor(r)).item()))
-        rows.append({"sampler": preset, "steps": steps, "grid": grid, "final_step": final,
-                     "variance_ratios": ratios, "worst_ratio": worst,
-                     "mean_ratio": sum(ratios) / len(ratios)})
-    md = [f"Per-mode variance / true variance on gmm2d ({N} samples each; 1.00 is exact).", "",
-          "| sampler | steps | grid | final step | mean ratio | worst ratio |", "|---|---|---|---|---|---|"]
+        rows.append(
+            {
+                "sampler": preset,
+                "steps": steps,
+                "grid": grid,
+                "final_step": final,
+                "variance_ratios": ratios,
+                "worst_ratio": worst,
+                "mean_ratio": sum(ratios) / len(ratios),
+            }
+        )
+    md = [
+        f"Per-mode variance / true variance on gmm2d ({N} samples each; 1.00 is exact).",
+        "",
+        "| sampler | steps | grid | final step | mean ratio | worst ratio |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        md.append(f"| {r['sampler']} | {r['steps']} | {r['grid']} | {r['final_step']} | "
-                  f"{r['mean_ratio']:.2f} | {r['worst_ratio']:.2f} |")
+        md.append(
+            f"| {r['sampler']} | {r['steps']} | {r['grid']} | {r['final_step']} | "
+            f"{r['mean_ratio']:.2f} | {r['worst_ratio']:.2f} |"
+        )
     save("final_step", {"samples": N, "rows": rows}, "\n".join(md))
 
 

@@ -41,15 +41,30 @@ def main() -> None:
             secs = time.perf_counter() - t0
             r = torch.tensor([x.reward for x in res])
             h = torch.tensor([x.held_out for x in res])
-            rows.append({"method": name, "sampler": preset, "reward": r.mean().item(),
-                         "reward_se": (r.std() / PROMPTS**0.5).item(), "held_out": h.mean().item(),
-                         "held_out_se": (h.std() / PROMPTS**0.5).item(), "nfe": res[0].nfe, "seconds": secs})
+            rows.append(
+                {
+                    "method": name,
+                    "sampler": preset,
+                    "reward": r.mean().item(),
+                    "reward_se": (r.std() / PROMPTS**0.5).item(),
+                    "held_out": h.mean().item(),
+                    "held_out_se": (h.std() / PROMPTS**0.5).item(),
+                    "nfe": res[0].nfe,
+                    "seconds": secs,
+                }
+            )
             print(f"{name:<5} {preset:<10} reward {rows[-1]['reward']:8.3f}  held-out {rows[-1]['held_out']:7.3f}")
-    md = [f"Analytic task, {PROMPTS} prompts, mean ± standard error (reward higher is better; held-out = -distance).",
-          "", "| method | sampler | NFE | reward | held-out |", "|---|---|---|---|---|"]
+    md = [
+        f"Analytic task, {PROMPTS} prompts, mean ± standard error (reward higher is better; held-out = -distance).",
+        "",
+        "| method | sampler | NFE | reward | held-out |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        md.append(f"| {r['method']} | {r['sampler']} | {r['nfe']} | {r['reward']:.3f} ± {r['reward_se']:.3f} | "
-                  f"{r['held_out']:.3f} ± {r['held_out_se']:.3f} |")
+        md.append(
+            f"| {r['method']} | {r['sampler']} | {r['nfe']} | {r['reward']:.3f} ± {r['reward_se']:.3f} | "
+            f"{r['held_out']:.3f} ± {r['held_out_se']:.3f} |"
+        )
     save("methods_analytic", {"prompts": PROMPTS, "rows": rows}, "\n".join(md))
 
 

@@ -83,9 +83,8 @@ def run_job(job: JobConfig, base_dir: Path | None = None, log: Callable[[str], N
     write_results(out_dir, job, method.settings(), results, save_images=job.output.save_images)
     log(format_table(results))
     nfe = sum(r.nfe for r in results)
-    log(
-        f"{len(results)} prompts, {nfe} NFE in {elapsed:.1f}s ({nfe / max(elapsed, 1e-9):.0f} NFE/s); results in {out_dir}"
-    )
+    rate = nfe / max(elapsed, 1e-9)
+    log(f"{len(results)} prompts, {nfe} NFE in {elapsed:.1f}s ({rate:.0f} NFE/s); results in {out_dir}")
     return results
 
 

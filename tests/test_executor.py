@@ -153,8 +153,8 @@ def test_step_direction_is_checked():
 
 
 def test_sampler_spec_rejects_bad_values():
-    with pytest.raises(ValueError, match="sampler.final_step"):
+    with pytest.raises(ValueError, match=r"sampler\.final_step"):
         SamplerSpec(final_step="tweedie2")
-    with pytest.raises(ValueError, match="sampler.steps"):
+    with pytest.raises(ValueError, match=r"sampler\.steps"):
         SamplerSpec(steps=1)
     assert dataclasses.replace(SamplerSpec(), sde=False).label == "vp-ode"
