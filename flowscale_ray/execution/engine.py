@@ -76,6 +76,18 @@ class ParticleEngine:
         for pid in pids:
             self.particles.pop((key, pid), None)
 
+    def export(self, key: TaskKey, pids: Sequence[int]) -> list[tuple[int, Particle]]:
+        """Copies of particle states, to move them to another engine (another replica)."""
+        return [(pid, self.particle(key, pid)) for pid in pids]
+
+    def adopt(self, key: TaskKey, states: Sequence[tuple[int, Particle]]) -> None:
+        """Take particle states exported by another engine (same model and sampler)."""
+        for pid, p in states:
+            self.particles[(key, pid)] = p
+
+    def has_task(self, key: TaskKey) -> bool:
+        return key in self.tasks
+
     def particle(self, key: TaskKey, pid: int) -> Particle:
         try:
             return self.particles[(key, pid)]

@@ -1,0 +1,402 @@
+"""RayExecutor: the central driver. Many prompts' searches in flight, their requests pooled and sharded over
+model replicas, decisions made centrally by the methods, failures recovered by replaying lineage.
+
+Loop: start searches up to `in_flight`; plan each ready batch over the replicas (placement.plan_batch: run an
+expansion where its parent lives unless that replica is overloaded, then copy the parent); give every idle
+replica all of its queued work in one call (continuous batching: a search advances as soon as all parts of
+its batch are back, and the next prompt starts as soon as one finishes); route releases to the replicas that
+hold the particles; finalize the selected particle on its holder.
+
+Faults: every call has a deadline. A replica that dies or misses its deadline is restarted by Ray (killed
+first if it hung); the particles it held are rebuilt on it from their recorded lineage (same noise keys, so
+bit-identical), and the work it lost is sent again. Results equal a run without the fault. A replica that
+fails more than `max_restarts` times fails the run with a clear message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+
+from flowscale_ray.core.dynamics import SamplerSpec
+from flowscale_ray.execution.inprocess import decision_seed, lineage_of
+from flowscale_ray.execution.tasks import SearchTask, TaskResult
+from flowscale_ray.runtime.placement import plan_batch
+from flowscale_ray.runtime.replica import ComponentSpec, ParticleResult, ReplicaWorker
+from flowscale_ray.search.protocol import Batch, Evaluation, Expand, Init, SearchContext, SearchGenerator
+
+log = logging.getLogger("flowscale_ray.runtime")
+
+
+class RuntimeFailure(RuntimeError):
+    """The run cannot continue (a replica keeps dying, or failed to start)."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    replicas: int = 1
+    in_flight: int = 8
+    micro_batch: int | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    call_timeout_s: float = 600.0
+    start_timeout_s: float = 300.0
+    max_restarts: int = 3
+    slack: float | None = None  # rows a parent's replica may be above the least-loaded one; None: micro_batch or 8
+    delay_per_call: float = 0.0  # replicas sleep this long per call (stand-in for GPU time in benchmarks)
+
+
+@dataclass
+class _Task:
+    key: int
+    task: SearchTask
+    gen: SearchGenerator
+    batch: Batch | None
+    started: float
+    holders: dict[int, set[int]] = field(default_factory=dict)  # pid -> replicas holding it
+    lineage: dict[int, Init | Expand] = field(default_factory=dict)
+    parts: set[int] = field(default_factory=set)  # replicas with outstanding parts of the current batch
+    results: dict[int, ParticleResult] = field(default_factory=dict)
+    nfe: int = 0
+    opened_on: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Queued:
+    key: int
+    batch: Batch
+    copies: list[tuple[int, int]]  # (pid, source replica) to adopt before running
+
+
+@dataclass
+class _Call:
+    kind: str  # "run" | "finalize"
+    replica: int
+    items: list[_Queued] = field(default_factory=list)
+    key: int | None = None
+    deadline: float = math.inf
+
+
+class RayExecutor:
+    def __init__(
+        self,
+        model: ComponentSpec,
+        sampler: SamplerSpec,
+        reward: ComponentSpec,
+        held_out: ComponentSpec | None = None,
+        options: RuntimeOptions | None = None,
+    ) -> None:
+        if not ray.is_initialized():
+            raise RuntimeFailure("Ray is not initialised: call ray.init() (flowscale run does) first")
+        self.options = opts = options or RuntimeOptions()
+        if opts.replicas < 1 or opts.in_flight < 1:
+            raise ValueError("replicas and in_flight must be >= 1")
+        self.sampler = sampler
+        self.context = SearchContext(grid=sampler.grid_times())
+        self._args = (model, sampler, reward, held_out, opts.micro_batch, opts.delay_per_call)
+        self._cls = ray.remote(ReplicaWorker).options(
+            num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_restarts=opts.max_restarts, max_task_retries=0
+        )
+        self.replicas = [self._cls.remote(*self._args) for _ in range(opts.replicas)]
+        self.incarnations = self._wait_ready(range(opts.replicas))
+        self.restarts = [0] * opts.replicas
+        self.slack = opts.slack if opts.slack is not None else float(opts.micro_batch or 8)
+        self.metrics: dict[str, Any] = {"rounds": 0, "replayed_nfe": 0, "restarts": 0, "copies": 0, "calls": 0}
+        self._closes: dict[int, list[int]] = {}  # replica -> finished task keys to close there
+
+    # -- start-up and health ---------------------------------------------------------------------------------
+    def _wait_ready(self, indices: Iterable[int]) -> list[str]:
+        indices = list(indices)
+        refs = [self.replicas[i].ready.remote() for i in indices]
+        try:
+            infos = ray.get(refs, timeout=self.options.start_timeout_s)
+        except GetTimeoutError:
+            raise RuntimeFailure(
+                f"model replicas did not start within {self.options.start_timeout_s:.0f}s "
+                "(not enough resources for them, or a model that takes too long to load?)"
+            ) from None
+        except (RayActorError, RayTaskError) as exc:
+            raise RuntimeFailure(f"a model replica failed to start: {_cause(exc)}") from None
+        return [i["incarnation"] for i in infos]
+
+    def _wait_restarted(self, r: int) -> str:
+        """Poll a restarting replica until its new incarnation answers (Ray re-runs its constructor)."""
+        deadline = time.monotonic() + self.options.start_timeout_s
+        while True:
+            try:
+                info = ray.get(self.replicas[r].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return info["incarnation"]
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure(f"replica {r} did not come back within {self.options.start_timeout_s:.0f}s")
+                time.sleep(0.2)
+            except GetTimeoutError:
+                raise RuntimeFailure(
+                    f"replica {r} did not come back within {self.options.start_timeout_s:.0f}s"
+                ) from None
+            except (ActorDiedError, RayActorError, RayTaskError) as exc:
+                raise RuntimeFailure(f"replica {r} could not be restarted: {_cause(exc)}") from None
+
+    def shutdown(self) -> None:
+        for actor in self.replicas:
+            ray.kill(actor, no_restart=True)
+        self.replicas = []
+
+    def stats(self) -> list[dict[str, Any]]:
+        return ray.get([r.stats.remote() for r in self.replicas], timeout=self.options.call_timeout_s)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def run(self, tasks: Iterable[SearchTask]) -> Iterator[TaskResult]:
+        pending = iter(enumerate(tasks))
+        running: dict[int, _Task] = {}
+        queues: dict[int, list[_Queued]] = {r: [] for r in range(len(self.replicas))}
+        releases: dict[int, dict[int, list[int]]] = {r: {} for r in range(len(self.replicas))}
+        calls: dict[Any, _Call] = {}
+        busy: set[int] = set()
+        exhausted = False
+        while True:
+            while not exhausted and len(running) < self.options.in_flight:
+                nxt = next(pending, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                key, task = nxt
+                seed = task.effective_seed
+                gen = task.method.search(self.context, decision_seed(seed, task.prompt.id))
+                running[key] = _Task(key=key, task=task, gen=gen, batch=next(gen), started=time.perf_counter())
+            if not running and not calls:
+                return
+            # plan every batch that is ready
+            loads = [float(sum(len(q.batch) for q in queues[r])) for r in range(len(self.replicas))]
+            for t in list(running.values()):
+                if t.batch is not None and not t.parts:
+                    if len(t.batch) == 0:  # releases only: nothing to compute
+                        finished = self._advance(t, releases)
+                    else:
+                        self._plan(t, queues, loads)
+                        continue
+                    if finished is not None:
+                        calls[finished[0]] = finished[1]
+            # feed idle replicas
+            for r in range(len(self.replicas)):
+                if r not in busy and queues[r]:
+                    calls[self._send(r, queues[r], releases[r], running)] = _Call(
+                        "run", r, items=queues[r], deadline=time.monotonic() + self.options.call_timeout_s
+                    )
+                    queues[r], releases[r] = [], {}
+                    busy.add(r)
+            if not calls:
+                continue
+            timeout = max(0.0, min(c.deadline for c in calls.values()) - time.monotonic())
+            done, _ = ray.wait(list(calls), num_returns=1, timeout=timeout)
+            if not done:
+                late = [ref for ref, c in calls.items() if c.deadline <= time.monotonic()]
+                for ref in late:
+                    call = calls.pop(ref)
+                    log.warning(
+                        "replica %d missed its %.0fs deadline; restarting it", call.replica, self.options.call_timeout_s
+                    )
+                    ray.kill(self.replicas[call.replica], no_restart=False)
+                    self._recover(call, running, queues, releases, calls, busy)
+                continue
+            for ref in done:
+                call = calls.pop(ref)
+                try:
+                    value = ray.get(ref)
+                except RayActorError:
+                    self._recover(call, running, queues, releases, calls, busy)
+                    continue
+                except RayTaskError as exc:
+                    raise RuntimeFailure(f"replica {call.replica} failed: {_cause(exc)}") from None
+                if call.kind == "run":
+                    busy.discard(call.replica)
+                    self.metrics["rounds"] += 1
+                    for item in call.items:
+                        t = running[item.key]
+                        for res in value.get(item.key, []):
+                            t.results[res.pid] = res
+                            t.holders[res.pid] = {call.replica}
+                        t.parts.discard(call.replica)
+                        if not t.parts:
+                            finished = self._advance(t, releases)
+                            if finished is not None:
+                                calls[finished[0]] = finished[1]
+                else:
+                    t = running.pop(call.key)  # type: ignore[arg-type]
+                    yield self._result(t, value)
+                    for r in t.opened_on:
+                        self._closes.setdefault(r, []).append(t.key)
+            self._flush_closes(releases)
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _plan(self, t: _Task, queues: dict[int, list[_Queued]], loads: list[float]) -> None:
+        batch = t.batch
+        assert batch is not None
+        for req in (*batch.inits, *batch.expands):
+            t.lineage[req.pid] = req
+        plan = plan_batch(Batch(inits=batch.inits, expands=batch.expands), t.holders, loads, self.slack)
+        copies: dict[int, list[tuple[int, int]]] = {}
+        for pid, src, dst in plan.copies:
+            copies.setdefault(dst, []).append((pid, src))
+            self.metrics["copies"] += 1
+        for r, reqs in plan.requests.items():
+            sub = Batch(
+                inits=tuple(q for q in reqs if isinstance(q, Init)),
+                expands=tuple(q for q in reqs if isinstance(q, Expand)),
+            )
+            queues[r].append(_Queued(t.key, sub, copies.get(r, [])))
+            t.parts.add(r)
+        t.results = {}
+
+    def _send(self, r: int, items: list[_Queued], releases: dict[int, list[int]], running: dict[int, _Task]) -> Any:
+        opens, adopt = [], []
+        for item in items:
+            t = running[item.key]
+            if r not in t.opened_on:
+                opens.append((t.key, t.task.prompt, t.task.effective_seed))
+                t.opened_on.add(r)
+            by_src: dict[int, list[int]] = {}
+            for pid, src in item.copies:
+                by_src.setdefault(src, []).append(pid)
+                t.holders.setdefault(pid, set()).add(r)
+            for src, pids in by_src.items():
+                adopt.append((item.key, self.replicas[src].export.remote(item.key, pids)))
+        self.metrics["calls"] += 1
+        rel = [(k, v) for k, v in releases.items() if v]
+        work = [(i.key, i.batch) for i in items]
+        return self.replicas[r].run.remote(work, opens, rel, [k for k, _ in adopt], *[ref for _, ref in adopt])
+
+    def _advance(self, t: _Task, releases: dict[int, dict[int, list[int]]]) -> tuple[Any, _Call] | None:
+        """All parts of t's batch are back: feed the method; queue releases; finalize when it returns."""
+        batch = t.batch
+        assert batch is not None
+        evals = {}
+        for req in (*batch.inits, *batch.expands):
+            res = t.results[req.pid]
+            t.nfe += res.nfe
+            evals[req.pid] = Evaluation(pid=req.pid, reward=res.reward, s=res.s, nfe=res.nfe)
+        for pid in batch.release:
+            for r in t.holders.pop(pid, set()):
+                releases[r].setdefault(t.key, []).append(pid)
+        t.results = {}
+        try:
+            t.batch = t.gen.send(evals)
+            return None
+        except StopIteration as stop:
+            t.batch = None
+            t.outcome = stop.value  # type: ignore[attr-defined]
+            holder = min(t.holders[t.outcome.best])  # type: ignore[attr-defined]
+            ref = self.replicas[holder].finalize.remote(t.key, [t.outcome.best])  # type: ignore[attr-defined]
+            return ref, _Call("finalize", holder, key=t.key, deadline=time.monotonic() + self.options.call_timeout_s)
+
+    def _result(self, t: _Task, value: dict[str, Any]) -> TaskResult:
+        outcome = t.outcome  # type: ignore[attr-defined]
+        held = value.get("held_out")
+        return TaskResult(
+            prompt=t.task.prompt,
+            outcome=outcome,
+            sample=value["samples"][0],
+            image=value["images"][0],
+            reward=value["rewards"][0],
+            held_out=held[0] if held is not None else None,
+            nfe=t.nfe,
+            lineage=lineage_of(t.lineage, outcome.best),
+            seconds=time.perf_counter() - t.started,
+        )
+
+    def _flush_closes(self, releases: dict[int, dict[int, list[int]]]) -> None:
+        """Close finished tasks on their replicas (drops all their particles there)."""
+        for r in list(self._closes):
+            keys = self._closes.pop(r)
+            for k in keys:
+                releases[r].pop(k, None)
+            self.replicas[r].close.remote(keys)  # fire and forget: runs before the replica's next call
+
+    # -- recovery --------------------------------------------------------------------------------------------
+    def _recover(
+        self,
+        call: _Call,
+        running: dict[int, _Task],
+        queues: dict[int, list[_Queued]],
+        releases: dict[int, dict[int, list[int]]],
+        calls: dict[Any, _Call],
+        busy: set[int],
+    ) -> None:
+        r = call.replica
+        self.restarts[r] += 1
+        self.metrics["restarts"] += 1
+        if self.restarts[r] > self.options.max_restarts:
+            raise RuntimeFailure(
+                f"replica {r} failed {self.restarts[r]} times (max_restarts={self.options.max_restarts}); giving up. "
+                "Check the replica's log for the cause (out of memory, a crashing model, a broken GPU)."
+            )
+        log.warning(
+            "replica %d died (failure %d of at most %d); rebuilding its particles",
+            r,
+            self.restarts[r],
+            self.options.max_restarts,
+        )
+        # Every other outstanding call to r failed too: collect them.
+        lost = [call]
+        for ref in [ref for ref, c in calls.items() if c.replica == r]:
+            lost.append(calls.pop(ref))
+        self.incarnations[r] = self._wait_restarted(r)
+        busy.discard(r)
+        releases[r] = {}
+        self._closes.pop(r, None)
+        # Forget what r held; rebuild particles that now live nowhere.
+        for t in running.values():
+            t.opened_on.discard(r)
+            orphans = []
+            for pid, owners in t.holders.items():
+                if r in owners:
+                    owners.discard(r)
+                    if not owners:
+                        orphans.append(pid)
+            if orphans:
+                self._replay(t, r, orphans)
+        # Send the lost work again.
+        for c in lost:
+            if c.kind == "run":
+                queues[r] = c.items + queues[r]
+            else:
+                t = running[c.key]  # type: ignore[index]
+                holder = min(t.holders[t.outcome.best])  # type: ignore[attr-defined]
+                ref = self.replicas[holder].finalize.remote(t.key, [t.outcome.best])  # type: ignore[attr-defined]
+                calls[ref] = _Call(
+                    "finalize", holder, key=t.key, deadline=time.monotonic() + self.options.call_timeout_s
+                )
+
+    def _replay(self, t: _Task, r: int, pids: list[int]) -> None:
+        needed: dict[int, Init | Expand] = {}
+        for pid in pids:
+            for req in lineage_of(t.lineage, pid):
+                needed[req.pid] = req
+        requests = [needed[p] for p in sorted(needed)]  # parents have smaller pids than their children
+        ref = self.replicas[r].replay.remote(t.key, t.task.prompt, t.task.effective_seed, requests, pids)
+        try:
+            self.metrics["replayed_nfe"] += ray.get(ref, timeout=self.options.call_timeout_s)
+        except (RayActorError, GetTimeoutError) as exc:
+            raise RuntimeFailure(f"replica {r} failed while rebuilding particles: {_cause(exc)}") from None
+        t.opened_on.add(r)
+        for pid in pids:
+            t.holders[pid] = {r}
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of the underlying error (an actor's __init__ exception, a task's exception)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    text = str(exc).strip().splitlines()
+    for line in reversed(text):
+        if "Error" in line or "error" in line:
+            return line.strip()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,175 @@
+"""A flow-model replica: builds its model once, hosts a ParticleEngine, and (by default) the reward too.
+
+`ReplicaWorker` is a plain class so that it can be tested in-process; the driver wraps it with `ray.remote`.
+Each call carries everything the replica needs (tasks to open, particle copies to adopt, releases), so one
+round trip per batch suffices. Only small things go back: per particle its NFE, time and reward (or its
+decoded preview when the reward runs elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from flowscale_ray.core.dynamics import SamplerSpec
+from flowscale_ray.execution.engine import Particle, ParticleEngine
+from flowscale_ray.execution.inprocess import score
+from flowscale_ray.prompts import Prompt
+from flowscale_ray.rewards.base import Reward
+from flowscale_ray.search.protocol import Batch, Expand, Init
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A model or reward to build inside the replica: a registry name (or 'module:attr') and options."""
+
+    name: str
+    options: dict[str, Any]
+
+
+@dataclass
+class ParticleResult:
+    pid: int
+    nfe: int
+    s: float
+    reward: float  # NaN when not scored
+    preview: torch.Tensor | None = None  # only when the reward does not run in the replica
+
+
+def build_model_from(spec: ComponentSpec):
+    from flowscale_ray.models import build_model
+
+    return build_model(spec.name, dict(spec.options))
+
+
+def build_reward_from(spec: ComponentSpec | None) -> Reward | None:
+    from flowscale_ray.rewards import build_reward
+
+    return None if spec is None else build_reward(spec.name, dict(spec.options))
+
+
+class ReplicaWorker:
+    def __init__(
+        self,
+        model: ComponentSpec,
+        sampler: SamplerSpec,
+        reward: ComponentSpec | None,
+        held_out: ComponentSpec | None,
+        micro_batch: int | None,
+        delay_per_call: float = 0.0,
+    ) -> None:
+        self.incarnation = uuid.uuid4().hex
+        self.engine = ParticleEngine(build_model_from(model), sampler, micro_batch=micro_batch)
+        self.reward = build_reward_from(reward)
+        self.held_out = build_reward_from(held_out)
+        self.prompts: dict[Any, Prompt] = {}
+        self.delay_per_call = delay_per_call  # stands in for a GPU's time per batch in scaling benchmarks
+        self.busy_seconds = 0.0
+        self.calls = 0
+
+    def ready(self) -> dict[str, Any]:
+        return {"incarnation": self.incarnation, "pid": os.getpid(), "model": self.engine.model.model_id}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _open(self, opens: Sequence[tuple[Any, Prompt, int]]) -> None:
+        for key, prompt, seed in opens:
+            if not self.engine.has_task(key):
+                self.engine.open_task(key, prompt.id, prompt.text, seed)
+                self.prompts[key] = prompt
+
+    def run(
+        self,
+        work: Sequence[tuple[Any, Batch]],
+        opens: Sequence[tuple[Any, Prompt, int]] = (),
+        releases: Sequence[tuple[Any, Sequence[int]]] = (),
+        adopt_keys: Sequence[Any] = (),
+        *adopt_states: list[tuple[int, Particle]],
+    ) -> dict[Any, list[ParticleResult]]:
+        """Compute `work`. `adopt_states` (one per entry of `adopt_keys`) are particle copies exported by
+        other replicas; they are top-level arguments so that Ray resolves them before the call runs."""
+        started = time.perf_counter()
+        for key, pids in releases:
+            self.engine.release(key, pids)
+        self._open(opens)
+        for key, states in zip(adopt_keys, adopt_states, strict=True):
+            self.engine.adopt(key, states)
+        outputs = self.engine.run(list(work))
+        results: dict[Any, list[ParticleResult]] = {}
+        for key, evaluated in outputs.items():
+            scored = [o for o in evaluated if o.preview is not None]
+            rewards: dict[int, float] = {}
+            if self.reward is not None and scored:
+                values = score(self.reward, [o.preview for o in scored], [self.prompts[key]] * len(scored))
+                rewards = {o.pid: v for o, v in zip(scored, values, strict=True)}
+            results[key] = [
+                ParticleResult(
+                    pid=o.pid,
+                    nfe=o.nfe,
+                    s=o.s,
+                    reward=rewards.get(o.pid, float("nan")),
+                    preview=o.preview if self.reward is None else None,
+                )
+                for o in evaluated
+            ]
+        if self.delay_per_call:
+            time.sleep(self.delay_per_call)
+        self.busy_seconds += time.perf_counter() - started
+        self.calls += 1
+        return results
+
+    def replay(
+        self, key: Any, prompt: Prompt, seed: int, requests: Sequence[Init | Expand], keep: Sequence[int]
+    ) -> int:
+        """Rebuild particles from their lineage: `requests` are the union of their chains from the root, in
+        creation order (parents before children). Only `keep` stays. Returns the velocity evaluations spent
+        (the driver does not charge them to the search: the search already paid for these particles)."""
+        self._open([(key, prompt, seed)])
+        nfe_before = self.engine.nfe
+        for req in requests:
+            req = replace(req, score=False)
+            batch = Batch(inits=(req,)) if isinstance(req, Init) else Batch(expands=(req,))
+            self.engine.run([(key, batch)])
+        kept = set(keep)
+        self.engine.release(key, [r.pid for r in requests if r.pid not in kept])
+        return self.engine.nfe - nfe_before
+
+    def export(self, key: Any, pids: Sequence[int]) -> list[tuple[int, Particle]]:
+        return self.engine.export(key, pids)
+
+    def finalize(self, key: Any, pids: Sequence[int]) -> dict[str, Any]:
+        samples, images = self.engine.finalize(key, pids)
+        prompt = self.prompts[key]
+        out: dict[str, Any] = {"samples": samples, "images": images}
+        if self.reward is not None:
+            out["rewards"] = score(self.reward, list(images), [prompt] * len(pids))
+        if self.held_out is not None:
+            out["held_out"] = score(self.held_out, list(images), [prompt] * len(pids))
+        return out
+
+    def close(self, keys: Sequence[Any]) -> None:
+        for key in keys:
+            self.engine.close_task(key)
+            self.prompts.pop(key, None)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "incarnation": self.incarnation,
+            "busy_seconds": self.busy_seconds,
+            "calls": self.calls,
+            "nfe": self.engine.nfe,
+            "model_calls": self.engine.model_calls,
+            "live_particles": len(self.engine.particles),
+            "open_tasks": len(self.engine.tasks),
+        }
+
+    def crash(self) -> None:
+        """Exit the process at once (tests kill replicas with this or with os.kill on `pid()`)."""
+        os._exit(1)

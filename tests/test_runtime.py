@@ -1,0 +1,150 @@
+"""The Ray runtime on a real local Ray: same results as in-process whatever the replicas, batching and prompts
+in flight; a killed replica is rebuilt from lineage with identical results; failures are reported, never hung."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import ray
+import torch
+
+from flowscale_ray.core.dynamics import SamplerSpec
+from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
+from flowscale_ray.models.registry import build_model
+from flowscale_ray.prompts import Prompt
+from flowscale_ray.rewards import build_reward
+from flowscale_ray.runtime.driver import RayExecutor, RuntimeFailure, RuntimeOptions
+from flowscale_ray.runtime.replica import ComponentSpec
+from flowscale_ray.search import METHODS
+
+MODEL = ComponentSpec("gmm2d", {})
+REWARD = ComponentSpec("mode_log_density", {"mode": 2})
+SMALL = {
+    "bon": {"n": 8},
+    "sop": {"n_chains": 2, "n_children": 3, "substeps": 2},
+    "smc": {"n_particles": 8},
+    "code": {"n_chains": 2, "n_children": 4, "block": 2},
+    "svdd": {"n_chains": 2, "n_children": 5},
+    "rbf": {"n_chains": 2, "nfe_budget": 80},
+}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",  # loopback only
+    )
+    yield
+    ray.shutdown()
+
+
+def tasks_for(name, n=5):
+    cls = METHODS[name]
+    method = cls(cls.Config(**SMALL[name]))
+    return [SearchTask(Prompt(f"p{i}", "t"), method, seed=3) for i in range(n)]
+
+
+def reference(tasks, spec):
+    ex = InProcessExecutor(ParticleEngine(build_model("gmm2d"), spec), build_reward("mode_log_density", {"mode": 2}))
+    return {r.prompt.id: r for r in ex.run(tasks)}
+
+
+def run_ray(tasks, spec, **opts):
+    ex = RayExecutor(MODEL, spec, REWARD, options=RuntimeOptions(num_cpus=0.5, **opts))
+    try:
+        results = {r.prompt.id: r for r in ex.run(tasks)}
+        return results, ex, ex.stats()
+    finally:
+        ex.shutdown()
+
+
+def assert_same(results, ref):
+    assert results.keys() == ref.keys()
+    for pid, r in results.items():
+        assert torch.equal(r.sample, ref[pid].sample), pid
+        assert r.reward == ref[pid].reward and r.nfe == ref[pid].nfe == r.outcome.nfe
+        assert r.lineage == ref[pid].lineage
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_same_results_as_in_process_for_any_replicas_and_batching(local_ray, name):
+    spec = SamplerSpec()
+    tasks = tasks_for(name)
+    ref = reference(tasks, spec)
+    for opts in ({"replicas": 1, "in_flight": 1}, {"replicas": 3, "in_flight": 4, "micro_batch": 4}):
+        results, ex, stats = run_ray(tasks, spec, **opts)
+        assert_same(results, ref)
+        assert all(s["live_particles"] == 0 for s in stats)  # every particle released
+        assert sum(s["nfe"] for s in stats) == sum(r.nfe for r in results.values())
+
+
+def test_a_single_prompt_is_spread_over_replicas(local_ray):
+    tasks = tasks_for("svdd", n=1)
+    results, ex, stats = run_ray(tasks, SamplerSpec(), replicas=3, in_flight=1, slack=2)
+    assert_same(results, reference(tasks, SamplerSpec()))
+    assert ex.metrics["copies"] > 0 and all(s["nfe"] > 0 for s in stats)
+
+
+def test_killed_replica_is_rebuilt_and_results_are_identical(local_ray):
+    spec = SamplerSpec()
+    tasks = tasks_for("rbf", n=6)
+    ref = reference(tasks, spec)
+    ex = RayExecutor(MODEL, spec, REWARD, options=RuntimeOptions(replicas=2, in_flight=6, num_cpus=0.5))
+    victim = ray.get(ex.replicas[1].pid.remote())
+    killed = threading.Event()
+
+    def killer():
+        while ex.metrics["rounds"] < 40:
+            time.sleep(0.005)
+        os.kill(victim, signal.SIGKILL)
+        killed.set()
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        results = {r.prompt.id: r for r in ex.run(tasks)}
+    finally:
+        ex.shutdown()
+    assert killed.is_set()
+    assert ex.metrics["restarts"] == 1 and ex.metrics["replayed_nfe"] > 0
+    assert_same(results, ref)
+
+
+def test_a_replica_that_keeps_dying_fails_the_run_clearly(local_ray):
+    model = ComponentSpec("tests.runtime_models:crashing", {})
+    ex = RayExecutor(model, SamplerSpec(), REWARD, options=RuntimeOptions(replicas=1, num_cpus=0.5, max_restarts=2))
+    with pytest.raises(RuntimeFailure, match=r"replica 0 failed 3 times \(max_restarts=2\); giving up"):
+        list(ex.run(tasks_for("bon", n=1)))
+    ex.shutdown()
+
+
+def test_a_model_that_fails_to_load_fails_at_start_with_its_error(local_ray):
+    model = ComponentSpec("tests.runtime_models:broken", {})
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeFailure, match="failed to start: .*weights folder /models/flux is missing"):
+        RayExecutor(model, SamplerSpec(), REWARD, options=RuntimeOptions(replicas=2, num_cpus=0.5))
+    assert time.monotonic() - t0 < 60
+    with pytest.raises(RuntimeFailure, match="unknown model 'nope'"):
+        RayExecutor(ComponentSpec("nope", {}), SamplerSpec(), REWARD, options=RuntimeOptions(num_cpus=0.5))
+
+
+def test_a_hung_call_times_out_and_the_run_recovers(local_ray, tmp_path):
+    model = ComponentSpec("tests.runtime_models:hang_once", {"marker": str(tmp_path / "hung")})
+    spec = SamplerSpec()
+    tasks = tasks_for("svdd", n=2)
+    ex = RayExecutor(model, spec, REWARD, options=RuntimeOptions(replicas=1, num_cpus=0.5, call_timeout_s=3))
+    try:
+        results = {r.prompt.id: r for r in ex.run(tasks)}
+    finally:
+        ex.shutdown()
+    assert ex.metrics["restarts"] == 1
+    assert_same(results, reference(tasks, spec))
