@@ -81,7 +81,7 @@ def test_same_results_as_in_process_for_any_replicas_and_batching(local_ray, nam
     tasks = tasks_for(name)
     ref = reference(tasks, spec)
     for opts in ({"replicas": 1, "in_flight": 1}, {"replicas": 3, "in_flight": 4, "micro_batch": 4}):
-        results, ex, stats = run_ray(tasks, spec, **opts)
+        results, _, stats = run_ray(tasks, spec, **opts)
         assert_same(results, ref)
         assert all(s["live_particles"] == 0 for s in stats)  # every particle released
         assert sum(s["nfe"] for s in stats) == sum(r.nfe for r in results.values())
@@ -130,7 +130,7 @@ def test_a_replica_that_keeps_dying_fails_the_run_clearly(local_ray):
 def test_a_model_that_fails_to_load_fails_at_start_with_its_error(local_ray):
     model = ComponentSpec("tests.runtime_models:broken", {})
     t0 = time.monotonic()
-    with pytest.raises(RuntimeFailure, match="failed to start: .*weights folder /models/flux is missing"):
+    with pytest.raises(RuntimeFailure, match=r"failed to start: .*weights folder /models/flux is missing"):
         RayExecutor(model, SamplerSpec(), REWARD, options=RuntimeOptions(replicas=2, num_cpus=0.5))
     assert time.monotonic() - t0 < 60
     with pytest.raises(RuntimeFailure, match="unknown model 'nope'"):

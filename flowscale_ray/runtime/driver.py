@@ -135,7 +135,9 @@ class RayExecutor:
                 return info["incarnation"]
             except ActorUnavailableError:
                 if time.monotonic() > deadline:
-                    raise RuntimeFailure(f"replica {r} did not come back within {self.options.start_timeout_s:.0f}s")
+                    raise RuntimeFailure(
+                        f"replica {r} did not come back within {self.options.start_timeout_s:.0f}s"
+                    ) from None
                 time.sleep(0.2)
             except GetTimeoutError:
                 raise RuntimeFailure(
