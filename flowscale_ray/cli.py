@@ -1,8 +1,9 @@
 """The `flowscale` command line.
 
-    flowscale run JOB.yaml [--set key.path=value ...]   run a job
+    flowscale run JOB.yaml [--set key.path=value ...] [--run-id ID]   run (or resume) a job
     flowscale validate JOB.yaml [--set ...]              check a job file and print what it would run
     flowscale methods                                    list the search methods and their settings
+    flowscale inspect URI [--top N] [--sheet PNG]        counts, rewards and the best samples of a run
 
 Bad input exits with code 2 and one line on stderr naming the field and what is allowed.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,9 +40,25 @@ def _parser() -> argparse.ArgumentParser:
         )
         return cp
 
-    job_command("run", "Run a job file.")
+    run = job_command("run", "Run a job file; running it again resumes it (committed shards are skipped).")
+    run.add_argument(
+        "--run-id",
+        metavar="ID",
+        help="write to <output.dir>/ID (default: output.run_id, else the job name); a new id starts a new run",
+    )
     job_command("validate", "Validate a job file and print the resolved configuration.")
     sub.add_parser("methods", help="List search methods and their settings.", description="List search methods.")
+    ip = sub.add_parser(
+        "inspect",
+        help="Summarize a run: counts, status, reward statistics, a contact sheet of the best samples.",
+        description="Summarize a run folder (<output.dir>/<run_id>, any fsspec URI; S3 settings from --job or "
+        "the AWS environment variables): counts, status, reward statistics, a contact sheet of the best samples.",
+    )
+    ip.add_argument("uri", help="the run folder, e.g. results/demo or s3://bucket/prefix/demo")
+    ip.add_argument("--top", type=int, default=16, metavar="N", help="best samples to list and tile (default 16)")
+    ip.add_argument("--sheet", metavar="PNG", help="contact sheet path (default: <run_id>-best.png here)")
+    ip.add_argument("--no-sheet", action="store_true", help="do not write a contact sheet")
+    ip.add_argument("--job", metavar="JOB", help="take the storage settings (S3 endpoint, ...) from this job file")
     return p
 
 
@@ -58,13 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config))
             print(f"{name:<6} {fields}")
         return 0
+    if args.command == "inspect":
+        return _inspect(args)
     job_path = args.job
     try:
-        job = read_job_file(args.job, args.overrides)
+        overrides = list(args.overrides)
+        if getattr(args, "run_id", None) is not None:
+            overrides.append(f"output.run_id={json.dumps(args.run_id)}")
+        job = read_job_file(args.job, overrides)
         if args.command == "validate":
             from flowscale_ray.job import build_components, load_prompts
 
-            prompts = load_prompts(job.prompts, Path(args.job).resolve().parent)
+            prompts = load_prompts(job.prompts, Path(args.job).resolve().parent, job.storage)
             build_components(job)
             print(f"{args.job}: ok ({len(prompts)} prompts)")
             print(f"  method  {job.method.name} {dataclasses.asdict(job.method.settings)}")
@@ -79,6 +102,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(msg if msg.startswith(f"{job_path}:") else f"{job_path}: {msg}")
     except KeyboardInterrupt:
         return _error("interrupted")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from flowscale_ray.io.inspect import contact_sheet_of_best, format_summary, summarize
+    from flowscale_ray.io.storage import Redactor
+
+    storage = None
+    try:
+        if args.job is not None:
+            storage = read_job_file(args.job).storage
+        if args.top < 0:
+            raise ConfigError("--top", f"must be >= 0, got {args.top}")
+        summary, fs, paths = summarize(args.uri, storage, top=args.top)
+    except ConfigError as exc:
+        return _error(str(exc))
+    except (OSError, ValueError) as exc:
+        redact = Redactor.for_storage(storage)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _error(f"{redact(args.uri)}: cannot read: {redact(first)}")
+    print(format_summary(summary))
+    if not args.no_sheet and summary.best:
+        out = Path(args.sheet or f"{summary.run_id}-best.png")
+        count = contact_sheet_of_best(fs, paths, summary.best, out)
+        print(f"  contact sheet: {out} ({count} images)" if count else "  contact sheet: none (no images in this run)")
+    return 0
 
 
 if __name__ == "__main__":

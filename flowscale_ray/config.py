@@ -9,9 +9,10 @@ A job file is YAML:
     method:  {name: rbf, nfe_budget: 500}         # method settings inline, validated per method
     reward:  {name: mode_log_density, options: {mode: 2}}
     held_out: {name: negative_distance, options: {target: [0.5, -3.5]}}   # optional
-    prompts: ["a prompt", ...]                    # or {file: prompts.txt}
+    prompts: ["a prompt", ...]                    # or {file: prompts.jsonl, column: prompt}
     executor: {kind: inprocess, in_flight: 4, micro_batch: null}
-    output: {dir: results}
+    output: {dir: results}                        # or s3://bucket/prefix; run_id, shard_size, top_k, ...
+    storage: {endpoint_url: null}                 # optional: S3 endpoint, credentials, options
 
 Every error names the field and what is allowed, as one line: `method.nfe_budget: must be > 0, got -5`.
 """
@@ -19,6 +20,7 @@ Every error names the field and what is allowed, as one line: `method.nfe_budget
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -171,9 +173,26 @@ class ComponentConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+PROMPT_FORMATS = ("auto", "text", "jsonl", "csv", "parquet")
+
+
 @dataclass(frozen=True)
 class PromptFileConfig:
+    """Prompts from a file at any fsspec URI (see flowscale_ray.io.prompts for the formats)."""
+
     file: str
+    format: Literal["auto", "text", "jsonl", "csv", "parquet"] = "auto"  # auto: from the extension
+    column: str = "prompt"  # the prompt text (JSONL, CSV, Parquet)
+    id_column: str | None = None  # given prompt ids; default: 'id' when the file has it, else derived
+    seed_column: str | None = None  # per-prompt seeds; default: 'seed' when the file has it
+
+    def __post_init__(self) -> None:
+        if not self.file.strip():
+            raise ValueError("file: must name a file")
+        for name in ("column", "id_column", "seed_column"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"{name}: must not be empty")
 
 
 @dataclass(frozen=True)
@@ -189,10 +208,57 @@ class ExecutorConfig:
             raise ValueError(f"micro_batch: must be >= 1 or null, got {self.micro_batch}")
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 @dataclass(frozen=True)
 class OutputConfig:
-    dir: str = "results"
-    save_images: bool = True
+    """Where and what to write: `<dir>/<run_id>/data/part-NNNNN.parquet` (see flowscale_ray.io.writer)."""
+
+    dir: str = "results"  # local path or fsspec URI (file://, s3://bucket/prefix, memory://)
+    run_id: str | None = None  # default: the job name
+    save_images: bool = True  # PNG bytes in the image column
+    shard_size: int = 100  # prompts per Parquet file (the unit of commit and resume)
+    row_group_size: int = 100  # rows (images) per Parquet row group
+    top_k: int = 1  # samples kept per prompt, best first
+    min_reward: float | None = None  # a sample is kept only if its reward reaches this
+    min_held_out: float | None = None  # ... and its held-out reward reaches this
+
+    def __post_init__(self) -> None:
+        if not self.dir.strip():
+            raise ValueError("dir: must name a directory or URI")
+        if self.run_id is not None and not _RUN_ID.fullmatch(self.run_id):
+            raise ValueError(
+                f"run_id: must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit; "
+                f"got {self.run_id!r}"
+            )
+        for name in ("shard_size", "row_group_size", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("min_reward", "min_held_out"):
+            value = getattr(self, name)
+            if value is not None and value != value:
+                raise ValueError(f"{name}: must be a number or null, got NaN")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Object-storage settings for s3:// URIs (prompts and output). Anything left out comes from the
+    standard AWS environment variables. Secrets are never logged or written (see flowscale_ray.io.storage)."""
+
+    endpoint_url: str | None = None  # else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL
+    key: str | None = field(default=None, repr=False)  # else AWS_ACCESS_KEY_ID
+    secret: str | None = field(default=None, repr=False)  # else AWS_SECRET_ACCESS_KEY
+    token: str | None = field(default=None, repr=False)  # else AWS_SESSION_TOKEN
+    anon: bool = False
+    retries: int = 5  # attempts per whole-file operation, on top of s3fs's own retries
+    options: dict[str, Any] = field(default_factory=dict, repr=False)  # extra s3fs / fsspec arguments
+
+    def __post_init__(self) -> None:
+        if self.retries < 1:
+            raise ValueError(f"retries: must be >= 1, got {self.retries}")
+        if self.endpoint_url is not None and "://" not in self.endpoint_url:
+            raise ValueError(f"endpoint_url: expected a URL such as http://127.0.0.1:9000, got {self.endpoint_url!r}")
 
 
 @dataclass(frozen=True)
@@ -211,13 +277,18 @@ class JobConfig:
     model: ComponentConfig
     method: MethodConfig
     reward: ComponentConfig
-    prompts: list[str] | PromptFileConfig
+    prompts: list[str | dict[str, Any]] | PromptFileConfig
     name: str = "job"
     seed: int = 0
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     held_out: ComponentConfig | None = None
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    @property
+    def run_id(self) -> str:
+        return self.output.run_id or self.name
 
 
 def _load_method(data: Any) -> MethodConfig:
@@ -268,6 +339,13 @@ def load_job(data: Any, source: str = "job") -> JobConfig:
             raise ConfigError(str(key), f"unknown key; allowed: {', '.join(_JOB_KEYS)}")
     # method and sampler have their own loaders; everything else is validated generically.
     rest = load_dataclass(_JobRest, data, "")
+    if rest.output.run_id is None and not _RUN_ID.fullmatch(rest.name):
+        raise ConfigError(
+            "name",
+            f"is the run id when output.run_id is not set: must be letters, digits, '.', '_' or '-'; got {rest.name!r}",
+        )
+    if rest.output.min_held_out is not None and rest.held_out is None:
+        raise ConfigError("output.min_held_out", "needs a held_out reward to compare with; set held_out or remove it")
     from flowscale_ray.search.protocol import SearchContext
 
     try:
@@ -285,6 +363,7 @@ def load_job(data: Any, source: str = "job") -> JobConfig:
         held_out=rest.held_out,
         executor=rest.executor,
         output=rest.output,
+        storage=rest.storage,
     )
 
 
@@ -292,15 +371,28 @@ def load_job(data: Any, source: str = "job") -> JobConfig:
 class _JobRest:
     model: ComponentConfig
     reward: ComponentConfig
-    prompts: list[str] | PromptFileConfig
+    prompts: list[str | dict[str, Any]] | PromptFileConfig
     name: str = "job"
     seed: int = 0
     held_out: ComponentConfig | None = None
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
 
-_JOB_KEYS = ("name", "seed", "model", "sampler", "method", "reward", "held_out", "prompts", "executor", "output")
+_JOB_KEYS = (
+    "name",
+    "seed",
+    "model",
+    "sampler",
+    "method",
+    "reward",
+    "held_out",
+    "prompts",
+    "executor",
+    "output",
+    "storage",
+)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

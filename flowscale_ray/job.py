@@ -1,45 +1,42 @@
-"""Run a job: build the components a JobConfig names, run every prompt through an executor, write results.
+"""Run a job: build the components a JobConfig names, run every prompt through an executor, write the
+dataset as prompts finish.
 
-Results (until the Parquet writer lands): `<output.dir>/<name>/results.jsonl`, one row per prompt, plus a
-PNG per prompt and a contact sheet when the model decodes to images.
+Output: `<output.dir>/<run_id>/data/part-NNNNN.parquet` shards with commit markers, then `manifest.json`
+and `_SUCCESS` (see flowscale_ray.io.writer and, for the columns, flowscale_ray.io.schema). Running the same
+job again resumes: committed shards are skipped. A job whose configuration differs from the run already in
+that directory is refused (ask for a new run id).
 """
 
 from __future__ import annotations
 
-import json
+import platform
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from flowscale_ray.config import ConfigError, JobConfig, PromptFileConfig, anchored
+from flowscale_ray.config import ConfigError, JobConfig, PromptFileConfig, StorageConfig, anchored
 from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask, TaskResult
 from flowscale_ray.models import FlowModel, build_model
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import Reward, build_reward
 
+MAX_CONSECUTIVE_FAILURES = 3  # prompts failing one after another in isolation: the fault is not the prompts'
+PREVIEW_ROWS = 20
 
-def load_prompts(spec: list[str] | PromptFileConfig, base_dir: Path | None = None) -> list[Prompt]:
-    if isinstance(spec, PromptFileConfig):
-        path = Path(spec.file)
-        if not path.is_absolute() and base_dir is not None and not path.exists():
-            path = base_dir / path
-        if not path.is_file():
-            raise ConfigError("prompts.file", f"no such file: {spec.file}")
-        try:
-            lines = path.read_text().splitlines()
-        except UnicodeDecodeError:
-            raise ConfigError("prompts.file", f"{spec.file} is not UTF-8 text") from None
-        texts = [(i + 1, t.strip()) for i, t in enumerate(lines) if t.strip()]
-        if not texts:
-            raise ConfigError("prompts.file", f"{spec.file} holds no prompts")
-        return [Prompt(id=f"{path.stem}-{n:06d}", text=t) for n, t in texts]
-    if not spec:
-        raise ConfigError("prompts", "must hold at least one prompt")
-    return [Prompt(id=f"prompt-{i:06d}", text=t) for i, t in enumerate(spec)]
+
+def load_prompts(
+    spec: list[str | dict[str, Any]] | PromptFileConfig,
+    base_dir: Path | None = None,
+    storage: StorageConfig | None = None,
+) -> list[Prompt]:
+    """Every prompt of a job, validated (see flowscale_ray.io.prompts)."""
+    from flowscale_ray.io.prompts import load_prompts as load
+
+    return load(spec, base_dir, storage)
 
 
 def _build(kind: str, builder: Callable[[str, dict[str, Any]], Any], name: str, options: dict[str, Any]) -> Any:
@@ -64,74 +61,240 @@ def build_components(job: JobConfig) -> tuple[FlowModel, Reward, Reward | None]:
     return model, reward, held
 
 
-def run_job(job: JobConfig, base_dir: Path | None = None, log: Callable[[str], None] = print) -> list[TaskResult]:
-    prompts = load_prompts(job.prompts, base_dir)
+@dataclass
+class RunReport:
+    run_id: str
+    uri: str  # the run's folder (credentials redacted)
+    prompts: int
+    ran: int  # prompts run by this call (the rest were committed before)
+    manifest: dict[str, Any]
+    elapsed: float
+    nfe: int  # spent by this call
+    failed: int  # prompts of this call whose search raised
+    preview: list[TaskResult] = field(default_factory=list)  # the first few results of this call
+
+
+def describe_job(job: JobConfig, prompts: list[Prompt]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(identity, config): what determines the rows (hashed: resume needs it unchanged) and the whole job as
+    recorded in the manifest. Both redacted: no secret is hashed or written."""
+    from flowscale_ray.io.prompts import prompts_digest
+    from flowscale_ray.io.schema import SCHEMA_VERSION
+    from flowscale_ray.io.storage import Redactor, describe_storage
+
+    redact = Redactor.for_storage(job.storage)
+    out = job.output
+    identity = {
+        "schema_version": SCHEMA_VERSION,
+        "seed": job.seed,
+        "model": asdict(job.model),
+        "sampler": asdict(job.sampler),
+        "method": job.method.build().settings(),
+        "reward": asdict(job.reward),
+        "held_out": asdict(job.held_out) if job.held_out is not None else None,
+        "prompts": {"count": len(prompts), "digest": prompts_digest(prompts)},
+        "output": {
+            "save_images": out.save_images,
+            "shard_size": out.shard_size,
+            "row_group_size": out.row_group_size,
+            "top_k": out.top_k,
+            "min_reward": out.min_reward,
+            "min_held_out": out.min_held_out,
+        },
+    }
+    source = asdict(job.prompts) if isinstance(job.prompts, PromptFileConfig) else {"inline": len(prompts)}
+    config = {
+        "name": job.name,
+        "run_id": job.run_id,
+        **{k: v for k, v in identity.items() if k not in ("prompts", "output")},
+        "prompts": {**source, **identity["prompts"]},
+        "executor": asdict(job.executor),
+        "output": asdict(out),
+        "storage": describe_storage(job.storage),
+    }
+    return redact.value(identity), redact.value(config)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("flowscale-ray", "torch", "numpy", "pyarrow", "fsspec", "s3fs"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def open_writer(job: JobConfig, prompts: list[Prompt], log: Callable[[str], None] = print):
+    """The run's ShardedWriter over the job's output filesystem (nothing written yet)."""
+    from flowscale_ray.io.storage import Redactor, open_filesystem
+    from flowscale_ray.io.writer import ShardedWriter
+
+    redact = Redactor.for_storage(job.storage)
+    identity, config = describe_job(job, prompts)
+    try:
+        fs, base = open_filesystem(job.output.dir, job.storage)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError("output.dir", f"cannot open {redact(job.output.dir)}: {redact(str(exc))}") from None
+    return ShardedWriter(
+        fs,
+        f"{base.rstrip('/')}/{job.run_id}",
+        run_id=job.run_id,
+        identity=identity,
+        config=config,
+        num_prompts=len(prompts),
+        shard_size=job.output.shard_size,
+        row_group_size=job.output.row_group_size,
+        retries=job.storage.retries,
+        log=log,
+        redact=redact,
+    )
+
+
+def run_job(job: JobConfig, base_dir: Path | None = None, log: Callable[[str], None] = print) -> RunReport:
+    """Run (or resume) a job; returns what was done. Bad input raises ConfigError before any work."""
+    from flowscale_ray.io.rows import RunInfo, failed_row, rows_for_result
+    from flowscale_ray.io.storage import Redactor
+    from flowscale_ray.io.writer import ShardAssembler
+
+    redact = Redactor.for_storage(job.storage)
+    log = _redacting(log, redact)
+    prompts = load_prompts(job.prompts, base_dir, job.storage)
+    writer = open_writer(job, prompts, log)
+    uri = redact(_uri(job, writer.root))
+    if writer.check():
+        done = writer.completed_manifest()
+        if done is not None:
+            log(f"run {job.run_id} is already complete ({done['counts']['rows']} rows); nothing to do: {uri}")
+            return RunReport(job.run_id, uri, len(prompts), 0, done, 0.0, 0, 0)
     model, reward, held = build_components(job)
     method = job.method.build()
     engine = ParticleEngine(model, job.sampler, micro_batch=job.executor.micro_batch)
-    executor = InProcessExecutor(engine, reward, held, in_flight=job.executor.in_flight)
+    executor = InProcessExecutor(engine, reward, held, in_flight=job.executor.in_flight, top_k=job.output.top_k)
+    state = writer.begin()
+    pending = writer.pending_shards()
+    todo = [i for shard in pending for i in writer.shard_prompts(shard)]
     planned = method.planned_nfe(executor.context)
+    resumed = (
+        f"; resuming: {len(state.committed)} of {writer.num_shards} shards already committed" if state.resumed else ""
+    )
     log(
         f"job {job.name}: {len(prompts)} prompts, method {method.name} ({planned} NFE/prompt), "
-        f"sampler {job.sampler.label}, model {model.model_id}, reward {reward.name}"
+        f"sampler {job.sampler.label}, model {model.model_id}, reward {reward.name}{resumed}"
     )
+    info = RunInfo.for_job(job, writer.config_hash, model.model_id, method.settings())
+
+    def committed(shard: int, stats) -> None:
+        log(f"shard {shard + 1}/{writer.num_shards} committed: {stats.rows} rows, {stats.bytes / 1e6:.2f} MB")
+
+    assembler = ShardAssembler(writer, on_commit=committed)
     started = time.perf_counter()
-    tasks = [SearchTask(prompt=p, method=method, seed=job.seed) for p in prompts]
-    results = sorted(executor.run(tasks), key=lambda r: r.prompt.id)
+    nfe = failed = 0
+    preview: list[TaskResult] = []
+    for index, outcome in run_prompts(executor, method, job.seed, prompts, todo, log, redact):
+        if isinstance(outcome, TaskResult):
+            rows = rows_for_result(outcome, info)
+            nfe += outcome.nfe
+            if len(preview) < PREVIEW_ROWS:
+                preview.append(outcome)
+        else:
+            failed += 1
+            rows = [failed_row(prompts[index], info, redact(_one_line(outcome)))]
+        assembler.add(index, rows)
+    manifest = writer.finish(versions())
     elapsed = time.perf_counter() - started
-    out_dir = Path(job.output.dir) / job.name
-    write_results(out_dir, job, method.settings(), results, save_images=job.output.save_images)
-    log(format_table(results))
-    nfe = sum(r.nfe for r in results)
+    if preview:
+        log(format_table(preview))
     rate = nfe / max(elapsed, 1e-9)
-    log(f"{len(results)} prompts, {nfe} NFE in {elapsed:.1f}s ({rate:.0f} NFE/s); results in {out_dir}")
-    return results
+    counts = manifest["counts"]
+    log(
+        f"{len(todo)} prompts run ({failed} failed), {nfe} NFE in {elapsed:.1f}s ({rate:.0f} NFE/s); "
+        f"{counts['rows']} rows in {counts['shards']} shards: {uri}"
+    )
+    return RunReport(job.run_id, uri, len(prompts), len(todo), manifest, elapsed, nfe, failed, preview)
 
 
-def result_row(r: TaskResult, job: JobConfig, settings: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "prompt_id": r.prompt.id,
-        "prompt": r.prompt.text,
-        "seed": r.prompt.seed if r.prompt.seed is not None else job.seed,
-        "method": settings,
-        "sampler": asdict(job.sampler),
-        "model": job.model.name,
-        "reward": r.reward,
-        "held_out": r.held_out,
-        "search_reward": r.outcome.reward,
-        "nfe": r.nfe,
-        "seconds": round(r.seconds, 4),
-        "lineage": [_request_dict(q) for q in r.lineage],
-        "steps": [asdict(rec) for rec in r.outcome.records],
-        "sample": r.sample.flatten().tolist() if r.sample.numel() <= 64 else None,
-    }
+def run_prompts(
+    executor: InProcessExecutor,
+    method: Any,
+    seed: int,
+    prompts: list[Prompt],
+    todo: list[int],
+    log: Callable[[str], None],
+    redact: Callable[[str], str] = str,
+) -> Iterator[tuple[int, TaskResult | Exception]]:
+    """Run the prompts at `todo`, yielding (index, result) as they finish, or (index, the exception) for a
+    prompt whose search raises. When a search raises, the prompts then in flight are rerun one at a time to
+    find which one fails; after MAX_CONSECUTIVE_FAILURES failures in a row the error is raised instead (a
+    broken model or reward, not a bad prompt): committed shards stay, and the run resumes from there."""
+    index_of = {prompts[i].id: i for i in todo}
+    queue = deque(todo)
+    consecutive = 0
+
+    def task(i: int) -> SearchTask:
+        return SearchTask(prompt=prompts[i], method=method, seed=seed)
+
+    while queue:
+        pulled: list[int] = []
+        done: set[int] = set()
+
+        try:
+            for result in executor.run(_pull(queue, pulled, task)):
+                i = index_of[result.prompt.id]
+                done.add(i)
+                consecutive = 0
+                yield i, result
+        except Exception as exc:
+            suspects = [i for i in pulled if i not in done]
+            _reset(executor)
+            log(
+                f"a search raised ({redact(_one_line(exc))}); rerunning the {len(suspects)} prompts in flight "
+                "one at a time"
+            )
+            for i in suspects:
+                try:
+                    (result,) = list(executor.run([task(i)]))
+                except Exception as single:
+                    _reset(executor)
+                    consecutive += 1
+                    log(f"prompt {prompts[i].id} failed: {redact(_one_line(single))}")
+                    if consecutive >= MAX_CONSECUTIVE_FAILURES:
+                        raise RuntimeError(
+                            f"{consecutive} prompts failed in a row (last: {redact(_one_line(single))}); stopping. "
+                            "Committed shards are kept: fix the cause and run the job again to resume."
+                        ) from single
+                    yield i, single
+                else:
+                    consecutive = 0
+                    yield i, result
 
 
-def _request_dict(req: Any) -> dict[str, Any]:
-    d = asdict(req)
-    d["kind"] = type(req).__name__.lower()
-    return d
+def _pull(queue: deque[int], pulled: list[int], task: Callable[[int], SearchTask]) -> Iterator[SearchTask]:
+    """Tasks from the queue as the executor asks for them, noting which were handed out."""
+    while queue:
+        i = queue.popleft()
+        pulled.append(i)
+        yield task(i)
 
 
-def is_image(t: torch.Tensor) -> bool:
-    return t.ndim == 3 and t.shape[0] in (1, 3)
+def _reset(executor: InProcessExecutor) -> None:
+    """Drop the state of searches that were cut short by an exception."""
+    for key in list(executor.engine.tasks):
+        executor.engine.close_task(key)
 
 
-def write_results(
-    out_dir: Path, job: JobConfig, settings: dict[str, Any], results: list[TaskResult], save_images: bool
-) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "results.jsonl.tmp"
-    with tmp.open("w") as f:
-        for r in results:
-            f.write(json.dumps(result_row(r, job, settings)) + "\n")
-    tmp.replace(out_dir / "results.jsonl")
-    if save_images and results and is_image(results[0].image):
-        from flowscale_ray.images import contact_sheet, save_png
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
-        for r in results:
-            save_png(r.image, out_dir / f"{r.prompt.id}.png")
-        save_png(contact_sheet([r.image for r in results]), out_dir / "contact_sheet.png")
+
+def _uri(job: JobConfig, root: str) -> str:
+    if "://" in job.output.dir and not job.output.dir.startswith("file://"):
+        return f"{job.output.dir.split('://', 1)[0]}://{root}"
+    return root
+
+
+def _redacting(log: Callable[[str], None], redact: Callable[[str], str]) -> Callable[[str], None]:
+    return lambda msg: log(redact(msg))
 
 
 def format_table(results: list[TaskResult]) -> str:

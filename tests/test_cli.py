@@ -115,15 +115,20 @@ def test_methods_lists_all_six_and_base():
 
 
 def test_run_writes_results(tmp_path, capsys):
+    import pyarrow.dataset as ds
+
     doc = with_(output={"dir": str(tmp_path / "out")}, prompts={"file": "prompts.txt"})
     (tmp_path / "prompts.txt").write_text("first\n\nsecond\n")
     path = write(tmp_path, doc)
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
     assert "first" in out and "second" in out and "NFE" in out
-    rows = [json.loads(line) for line in (tmp_path / "out" / "t" / "results.jsonl").read_text().splitlines()]
+    run = tmp_path / "out" / "t"
+    assert (run / "_SUCCESS").exists() and (run / "manifest.json").exists()
+    rows = ds.dataset(run / "data").to_table().to_pylist()
     assert [r["prompt"] for r in rows] == ["first", "second"]
-    assert [r["prompt_id"] for r in rows] == ["prompts-000001", "prompts-000003"]  # ids carry the line number
+    # ids carry the line number (and a digest of the text)
+    assert [r["prompt_id"][:6] for r in rows] == ["000001", "000003"]
     assert all(r["nfe"] == 2 + 2 * 3 * 5 for r in rows)
     assert rows[0]["lineage"][0]["kind"] == "init"
-    assert rows[0]["method"]["name"] == "svdd"
+    assert rows[0]["method"] == "svdd" and json.loads(rows[0]["method_settings"])["n_children"] == 3

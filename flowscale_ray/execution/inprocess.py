@@ -43,6 +43,20 @@ class _Running:
     started: float
     nfe: int = 0
     lineage: dict[int, Init | Expand] = field(default_factory=dict)
+    rewards: dict[int, float] = field(default_factory=dict)  # last search reward per particle
+
+
+@dataclass
+class SelectedSample:
+    """One finalized particle of `outcome.selected` (TaskResult.extra["selected"], best search reward first)."""
+
+    pid: int
+    sample: torch.Tensor
+    image: torch.Tensor
+    reward: float  # of the final sample
+    held_out: float | None
+    search_reward: float  # at the particle's last search evaluation
+    lineage: list[Init | Expand]
 
 
 def score(reward: Reward, previews: Sequence[torch.Tensor], prompts: Sequence[Prompt]) -> list[float]:
@@ -69,13 +83,17 @@ class InProcessExecutor:
         reward: Reward,
         held_out: Reward | None = None,
         in_flight: int = 1,
+        top_k: int = 1,
     ) -> None:
         if in_flight < 1:
             raise ValueError(f"in_flight: must be >= 1, got {in_flight}")
+        if top_k < 1:
+            raise ValueError(f"top_k: must be >= 1, got {top_k}")
         self.engine = engine
         self.reward = reward
         self.held_out = held_out
         self.in_flight = in_flight
+        self.top_k = top_k  # particles of outcome.selected finalized per prompt (extra["selected"])
         self.context = SearchContext(grid=engine.grid)
 
     def run(self, tasks: Iterable[SearchTask]) -> Iterator[TaskResult]:
@@ -120,22 +138,38 @@ class InProcessExecutor:
         for o in outputs:
             run.nfe += o.nfe
             evals[o.pid] = Evaluation(pid=o.pid, reward=by_pid.get(o.pid, math.nan), s=o.s, nfe=o.nfe)
+            run.rewards[o.pid] = evals[o.pid].reward
         return evals
 
     def _finish(self, run: _Running, outcome) -> TaskResult:
-        samples, images = self.engine.finalize(run.key, [outcome.best])
-        prompts = [run.task.prompt]
-        reward = score(self.reward, [images[0]], prompts)[0]
-        held = score(self.held_out, [images[0]], prompts)[0] if self.held_out is not None else None
+        # The best first, then the next of `selected` up to top_k (the best alone when top_k is 1).
+        pids = [outcome.best, *[p for p in outcome.selected if p != outcome.best][: self.top_k - 1]]
+        samples, images = self.engine.finalize(run.key, pids)
+        prompts = [run.task.prompt] * len(pids)
+        rewards = score(self.reward, list(images), prompts)
+        helds = score(self.held_out, list(images), prompts) if self.held_out is not None else [None] * len(pids)
         self.engine.close_task(run.key)
+        selected = [
+            SelectedSample(
+                pid=pid,
+                sample=samples[i],
+                image=images[i],
+                reward=rewards[i],
+                held_out=helds[i],
+                search_reward=outcome.reward if pid == outcome.best else run.rewards.get(pid, math.nan),
+                lineage=lineage_of(run.lineage, pid),
+            )
+            for i, pid in enumerate(pids)
+        ]
         return TaskResult(
             prompt=run.task.prompt,
             outcome=outcome,
             sample=samples[0],
             image=images[0],
-            reward=reward,
-            held_out=held,
+            reward=rewards[0],
+            held_out=helds[0],
             nfe=run.nfe,
-            lineage=lineage_of(run.lineage, outcome.best),
+            lineage=selected[0].lineage,
             seconds=time.perf_counter() - run.started,
+            extra={"selected": selected},
         )

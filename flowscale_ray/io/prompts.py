@@ -1,0 +1,259 @@
+"""Prompt sources: inline lists and files (text, JSONL, CSV, Parquet) at any fsspec URI.
+
+    text     one prompt per line; blank lines are skipped
+    jsonl    one JSON object per line: {"prompt": "...", "id": "...", "seed": 3, "counts": {...}}
+    csv      a header row naming the columns
+    parquet  a string column
+
+The prompt is the `column` (default `prompt`). A prompt's id is the `id_column` (default `id`, when the
+file has one), else derived from the row number and the text: `000042-1a2b3c4d` (row 42, first 8 hex
+digits of the text's SHA-256), stable as long as the file is. A `seed_column` (default `seed`) overrides the
+run seed per prompt. Every other key or column is kept as the prompt's metadata, which rewards read (for
+example `counts` for the counting reward); a CSV cell that holds a JSON object or list is decoded.
+Rows count from 1 (lines for text and JSONL, data records for CSV, table rows for Parquet). Compressed
+files (`.gz`, `.bz2`, `.xz`, `.zst`) are read by their extension.
+
+Bad input fails before any work starts, with one line naming the file, the row and the problem: a missing
+or empty file, a missing column, an undecodable or malformed line, an empty prompt, a bad seed, a duplicated
+prompt id.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flowscale_ray.config import ConfigError, PromptFileConfig, StorageConfig
+from flowscale_ray.io.storage import Redactor, open_filesystem, resolve_local
+from flowscale_ray.prompts import Prompt
+
+WHERE = "prompts.file"
+_EXTENSIONS = {
+    ".txt": "text",
+    ".text": "text",
+    ".lst": "text",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+
+
+def derived_id(row: int, text: str) -> str:
+    """The id of a prompt that has none: its row number and a digest of its text."""
+    return f"{row:06d}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def prompts_digest(prompts: list[Prompt]) -> str:
+    """SHA-256 over every prompt's id, text, seed and metadata, in order (part of the run's config hash)."""
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(json.dumps([p.id, p.text, p.seed, p.metadata], sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def load_prompts(
+    spec: list[str | dict[str, Any]] | PromptFileConfig,
+    base_dir: Path | None = None,
+    storage: StorageConfig | None = None,
+) -> list[Prompt]:
+    """Read and validate every prompt. Raises ConfigError (one line, naming the file and row)."""
+    if isinstance(spec, PromptFileConfig):
+        return read_prompt_file(spec, base_dir, storage)
+    if not spec:
+        raise ConfigError("prompts", "must hold at least one prompt")
+    rows = []
+    for i, item in enumerate(spec):
+        if isinstance(item, str):
+            item = {"prompt": item}
+        rows.append((i + 1, item))
+    return _build(rows, PromptFileConfig(file="<inline>", format="jsonl"), None, "", "prompts")
+
+
+def read_prompt_file(
+    spec: PromptFileConfig, base_dir: Path | None = None, storage: StorageConfig | None = None
+) -> list[Prompt]:
+    name = spec.file
+    uri = resolve_local(spec.file, base_dir)
+    redact = Redactor.for_storage(storage)
+    fmt, compression = _format_of(spec, uri)
+    try:
+        fs, path = open_filesystem(uri, storage)
+        if not fs.isfile(path):
+            raise ConfigError(WHERE, f"no such file: {name}")
+        with fs.open(path, "rb", compression=compression) as f:
+            if fmt == "parquet":
+                rows = list(_parquet_rows(f, name, spec))
+            else:
+                data = f.read()
+    except ConfigError:
+        raise
+    except Exception as exc:  # storage and decoding errors, reported on one line
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(WHERE, f"cannot read {name}: {redact(msg)}") from None
+    if fmt != "parquet":
+        if not data.strip():
+            raise ConfigError(WHERE, f"{name} is empty")
+        text = _decode(data, name)
+        if fmt == "text":
+            rows = [(n, {"prompt": line.strip()}) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+            spec = PromptFileConfig(file=spec.file, format="text")
+        elif fmt == "jsonl":
+            rows = list(_jsonl_rows(text, name))
+        else:
+            rows = list(_csv_rows(text, name, spec))
+    if not rows:
+        raise ConfigError(WHERE, f"{name} holds no prompts")
+    return _build(rows, spec, name, "line" if fmt in ("text", "jsonl") else "row", WHERE)
+
+
+def _format_of(spec: PromptFileConfig, uri: str) -> tuple[str, str | None]:
+    lower = uri.lower().rstrip("/")
+    compression = None
+    for ext, comp in _COMPRESSIONS.items():
+        if lower.endswith(ext):
+            compression, lower = comp, lower[: -len(ext)]
+    if spec.format != "auto":
+        return spec.format, compression
+    for ext, fmt in _EXTENSIONS.items():
+        if lower.endswith(ext):
+            return fmt, compression
+    allowed = ", ".join(sorted(_EXTENSIONS))
+    raise ConfigError(
+        "prompts.format",
+        f"cannot tell the format of {spec.file} from its extension ({allowed}); set it to text, jsonl, csv or parquet",
+    )
+
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(WHERE, f"{name} line {line}: not UTF-8 text (byte {data[exc.start]:#04x})") from None
+    return text.removeprefix("\ufeff")
+
+
+def _jsonl_rows(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(WHERE, f"{name} line {n}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(WHERE, f"{name} line {n}: expected a JSON object, got {type(obj).__name__}")
+        yield n, obj
+
+
+def _csv_rows(text: str, name: str, spec: PromptFileConfig) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        columns = reader.fieldnames
+    except csv.Error as exc:
+        raise ConfigError(WHERE, f"{name} line 1: bad CSV header ({exc})") from None
+    if not columns:
+        raise ConfigError(WHERE, f"{name} is empty")
+    _require_columns(columns, spec, name)
+    row = 0
+    try:
+        for record in reader:
+            row += 1
+            if None in record:
+                raise ConfigError(WHERE, f"{name} row {row} (line {reader.line_num}): more fields than the header")
+            yield row, {k: _csv_cell(v) if k != spec.column else v for k, v in record.items()}
+    except csv.Error as exc:
+        raise ConfigError(WHERE, f"{name} line {reader.line_num}: bad CSV ({exc})") from None
+
+
+def _csv_cell(value: str | None) -> Any:
+    if value is None or value == "":
+        return None
+    if value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _parquet_rows(f: Any, name: str, spec: PromptFileConfig) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(f)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ConfigError(WHERE, f"{name}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    _require_columns(table.column_names, spec, name)
+    kind = table.schema.field(spec.column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise ConfigError(WHERE, f"{name}: column {spec.column!r} must hold strings, got {kind}")
+    columns = {c: table.column(c).to_pylist() for c in table.column_names}
+    for i in range(table.num_rows):
+        yield i + 1, {c: values[i] for c, values in columns.items()}
+
+
+def _require_columns(columns: list[str], spec: PromptFileConfig, name: str) -> None:
+    for label, col in (("column", spec.column), ("id_column", spec.id_column), ("seed_column", spec.seed_column)):
+        if col is not None and col not in columns:
+            raise ConfigError(
+                WHERE, f"{name}: missing column {col!r} (prompts.{label}); columns: {', '.join(map(str, columns))}"
+            )
+
+
+def _build(
+    rows: list[tuple[int, dict[str, Any]]], spec: PromptFileConfig, name: str | None, unit: str, where: str
+) -> list[Prompt]:
+    """Rows (number, mapping) -> validated Prompts. Errors name `name` and the row (`prompts[i]` inline)."""
+
+    def at(n: int) -> str:
+        return f"{name} {unit} {n}" if name is not None else f"prompts[{n - 1}]"
+
+    def first(n: int) -> str:
+        return f"{unit} {n}" if name is not None else f"prompts[{n - 1}]"
+
+    prompts: list[Prompt] = []
+    seen: dict[str, int] = {}
+    id_key = spec.id_column or "id"
+    seed_key = spec.seed_column or "seed"
+    for n, row in rows:
+        if not isinstance(row, dict):
+            raise ConfigError(where, f"{at(n)}: expected a string or a mapping, got {type(row).__name__}")
+        if spec.column not in row:
+            keys = ", ".join(map(str, row)) or "none"
+            raise ConfigError(where, f"{at(n)}: no {spec.column!r} key (prompts.column); keys: {keys}")
+        text = row[spec.column]
+        if not isinstance(text, str):
+            raise ConfigError(where, f"{at(n)}: {spec.column!r} must be a string, got {text!r}")
+        text = text.strip()
+        if not text:
+            raise ConfigError(where, f"{at(n)}: empty prompt")
+        pid = row.get(id_key)
+        if pid is None or pid == "":
+            if spec.id_column is not None:
+                raise ConfigError(where, f"{at(n)}: empty prompt id ({spec.id_column!r})")
+            pid = derived_id(n, text)
+        elif isinstance(pid, bool) or not isinstance(pid, str | int):
+            raise ConfigError(where, f"{at(n)}: prompt id must be a string or an integer, got {pid!r}")
+        pid = str(pid)
+        if pid in seen:
+            raise ConfigError(where, f"{at(n)}: duplicate prompt id {pid!r} (first at {first(seen[pid])})")
+        seen[pid] = n
+        seed = row.get(seed_key)
+        if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():
+            seed = int(seed)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ConfigError(where, f"{at(n)}: seed must be an integer >= 0, got {seed!r}")
+        metadata = {k: v for k, v in row.items() if k not in (spec.column, id_key, seed_key) and v is not None}
+        prompts.append(Prompt(id=pid, text=text, seed=seed, metadata=metadata))
+    return prompts

@@ -1,0 +1,166 @@
+"""Output rows from search results, with the job's curation rules (top k, minimum rewards).
+
+Per prompt: up to `top_k` rows of status `ok`, best reward first (`rank` 0, 1, ...), for the selected samples
+that reach `min_reward` and `min_held_out`; if none does, one `filtered` row whose `error` says why and whose
+metrics are the best sample's (no image); a prompt whose search raised gets one `failed` row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+
+from flowscale_ray.config import JobConfig
+from flowscale_ray.core.dynamics import SamplerSpec
+from flowscale_ray.execution.inprocess import SelectedSample
+from flowscale_ray.execution.tasks import TaskResult
+from flowscale_ray.io.schema import NAMES, encode_lineage, encode_steps
+from flowscale_ray.prompts import Prompt
+
+MAX_SAMPLE_VALUES = 65536  # non-image samples up to this size are stored in the `sample` column
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every row of a run shares."""
+
+    run_id: str
+    config_hash: str
+    seed: int
+    model_id: str
+    method: str
+    method_settings: dict[str, Any]
+    sampler: SamplerSpec
+    reward_name: str
+    held_out_name: str | None = None
+    save_images: bool = True
+    top_k: int = 1
+    min_reward: float | None = None
+    min_held_out: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_job(cls, job: JobConfig, config_hash: str, model_id: str, settings: dict[str, Any]) -> RunInfo:
+        return cls(
+            run_id=job.run_id,
+            config_hash=config_hash,
+            seed=job.seed,
+            model_id=model_id,
+            method=job.method.name,
+            method_settings=settings,
+            sampler=job.sampler,
+            reward_name=job.reward.name,
+            held_out_name=job.held_out.name if job.held_out is not None else None,
+            save_images=job.output.save_images,
+            top_k=job.output.top_k,
+            min_reward=job.output.min_reward,
+            min_held_out=job.output.min_held_out,
+        )
+
+
+def is_image(t: torch.Tensor) -> bool:
+    return t.ndim == 3 and t.shape[0] in (1, 3)
+
+
+def _base(prompt: Prompt, info: RunInfo, now: datetime) -> dict[str, Any]:
+    spec = info.sampler
+    row = dict.fromkeys(NAMES)
+    row.update(
+        run_id=info.run_id,
+        prompt_id=prompt.id,
+        prompt=prompt.text,
+        prompt_metadata=json.dumps(prompt.metadata, sort_keys=True, default=str) if prompt.metadata else None,
+        seed=prompt.seed if prompt.seed is not None else info.seed,
+        method=info.method,
+        method_settings=json.dumps(info.method_settings, sort_keys=True, default=str),
+        model_id=info.model_id,
+        reward_name=info.reward_name,
+        held_out_name=info.held_out_name,
+        steps=spec.steps,
+        interpolant=spec.interpolant,
+        sde=spec.sde,
+        diffusion=f"{spec.diffusion}*{spec.diffusion_norm:g}" if spec.sde else "none",
+        sampler=json.dumps(asdict(spec), sort_keys=True),
+        config_hash=info.config_hash,
+        created_at=now,
+    )
+    return row
+
+
+def _selected(result: TaskResult) -> list[SelectedSample]:
+    selected = result.extra.get("selected")
+    if selected:
+        return list(selected)
+    return [
+        SelectedSample(
+            pid=result.outcome.best,
+            sample=result.sample,
+            image=result.image,
+            reward=result.reward,
+            held_out=result.held_out,
+            search_reward=result.outcome.reward,
+            lineage=result.lineage,
+        )
+    ]
+
+
+def _keeps(s: SelectedSample, info: RunInfo) -> bool:
+    if info.min_reward is not None and not s.reward >= info.min_reward:
+        return False
+    return info.min_held_out is None or (s.held_out is not None and s.held_out >= info.min_held_out)
+
+
+def _why_none(samples: list[SelectedSample], info: RunInfo) -> str:
+    parts = []
+    if info.min_reward is not None:
+        low = sum(1 for s in samples if not s.reward >= info.min_reward)
+        best = max(s.reward for s in samples)
+        parts.append(f"{low} below min_reward {info.min_reward:g} (best reward {best:.6g})")
+    if info.min_held_out is not None:
+        held = [s.held_out for s in samples if s.held_out is not None]
+        low = sum(1 for s in samples if s.held_out is None or not s.held_out >= info.min_held_out)
+        best_held = f"{max(held):.6g}" if held else "none"
+        parts.append(f"{low} below min_held_out {info.min_held_out:g} (best held-out {best_held})")
+    return f"kept 0 of {len(samples)} samples: " + "; ".join(parts)
+
+
+def rows_for_result(result: TaskResult, info: RunInfo, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The rows one finished prompt contributes (see the module docstring)."""
+    from flowscale_ray.images import png_bytes
+
+    now = now or datetime.now(UTC)
+    samples = sorted(_selected(result), key=lambda s: -s.reward)  # rewards are never NaN (rewards.base)
+    kept = [s for s in samples if _keeps(s, info)][: info.top_k]
+    rows = []
+    for rank, s in enumerate(kept or samples[:1]):
+        row = _base(result.prompt, info, now)
+        row.update(
+            rank=rank if kept else None,
+            status="ok" if kept else "filtered",
+            error=None if kept else _why_none(samples, info),
+            reward=s.reward,
+            search_reward=s.search_reward,
+            held_out=s.held_out,
+            nfe=result.nfe,
+            lineage=encode_lineage(s.lineage),
+            step_records=encode_steps(result.outcome.records),
+            seconds=result.seconds,
+        )
+        if is_image(s.image):
+            row.update(width=int(s.image.shape[-1]), height=int(s.image.shape[-2]))
+            if kept and info.save_images:
+                row["image"] = {"bytes": png_bytes(s.image), "path": f"{result.prompt.id}_{rank}.png"}
+        elif s.sample.numel() <= MAX_SAMPLE_VALUES:
+            row["sample"] = s.sample.detach().float().flatten().tolist()
+        rows.append(row)
+    return rows
+
+
+def failed_row(prompt: Prompt, info: RunInfo, error: str, seconds: float = 0.0) -> dict[str, Any]:
+    row = _base(prompt, info, datetime.now(UTC))
+    row.update(status="failed", error=error, seconds=seconds)
+    return row
