@@ -325,6 +325,17 @@ def _load_sampler(data: Any) -> SamplerSpec:
         raise
 
 
+def _check_prompts(value: Any) -> None:
+    """Precise errors for the prompts section (the generic union error would not say which item is wrong)."""
+    if isinstance(value, Mapping) or value is None:
+        return  # a PromptFileConfig: load_dataclass names the field
+    if not isinstance(value, list | tuple):
+        raise ConfigError("prompts", f"expected a list of prompts or a mapping {{file: ...}}, got {value!r}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str | Mapping):
+            raise ConfigError(f"prompts[{i}]", f"expected a string or a mapping with a 'prompt', got {item!r}")
+
+
 def load_job(data: Any, source: str = "job") -> JobConfig:
     """Validate a parsed job document."""
     if not isinstance(data, Mapping):
@@ -337,6 +348,8 @@ def load_job(data: Any, source: str = "job") -> JobConfig:
     for key in data:
         if key not in _JOB_KEYS:
             raise ConfigError(str(key), f"unknown key; allowed: {', '.join(_JOB_KEYS)}")
+    if "prompts" in data:
+        _check_prompts(data["prompts"])
     # method and sampler have their own loaders; everything else is validated generically.
     rest = load_dataclass(_JobRest, data, "")
     if rest.output.run_id is None and not _RUN_ID.fullmatch(rest.name):
