@@ -173,10 +173,8 @@ def test_cli_reports_prompt_errors_with_exit_2_before_any_work(tmp_path, capsys)
     for command in ("run", "validate"):
         assert main([command, str(job)]) == 2
         err = capsys.readouterr().err
-        assert (
-            err
-            == f"flowscale: error: {job}: prompts.file: prompts.jsonl line 2: duplicate prompt id 'a' (first at line 1)\n"
-        )
+        problem = "prompts.file: prompts.jsonl line 2: duplicate prompt id 'a' (first at line 1)"
+        assert err == f"flowscale: error: {job}: {problem}\n"
     assert not out.exists()  # nothing was started
 
 
