@@ -123,3 +123,13 @@ def test_registered_and_table() -> None:
     img = shapes.render_prompt("1 red circle", seed=0)[None]
     table = counting.count_table(img, ["1 red circle"])
     assert "1 red circle" in table and "yes" in table
+
+
+def test_match_shape_false_pools_shapes() -> None:
+    img = canvas()
+    paint(img, RED, 1, 1, "square")
+    paint(img, RED, 12, 12, "circle")
+    prompts = ["2 red circles"]
+    assert CountingReward()(img[None], prompts).item() == -1.0
+    assert CountingReward(match_shape=False)(img[None], prompts).item() == 0.0
+    assert CountingReward(match_shape=False).accuracy(img[None], ["1 red circle"]).item() == 0.0

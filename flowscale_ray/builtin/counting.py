@@ -15,7 +15,9 @@ Targets come from `prompt.metadata["counts"]` when present, a mapping from class
 {"blue square": 2, "yellow circle": 4} (singular or plural, any case; a class given with count 0 is
 scored too, so metadata can ask for "no red circles"); otherwise from parsing `prompt.text` (see
 `shapes.parse_prompt`). Classes the prompt does not mention are not scored (as in the paper) unless
-`penalize_others=True`, which scores every class, unnamed ones with target 0.
+`penalize_others=True`, which scores every class, unnamed ones with target 0. `match_shape=False` makes
+the classes colours: circles and squares of a colour are pooled, for the requested and the found counts
+(every prompt of the task names distinct colours, so this is well defined for them).
 
 Shapes: samples [B, 3, H, W] in [0, 1] (any float dtype, values are clamped; NaN counts as black);
 counts [B, 8] int64 in `shapes.CLASSES` order; reward and accuracy [B] float32.
@@ -143,9 +145,21 @@ def prompt_targets(prompts: Sequence[Prompt | str]) -> tuple[Tensor, Tensor]:
 
 
 def counting_scores(
-    counts: Tensor, targets: Tensor, scored: Tensor, penalize_others: bool = False
+    counts: Tensor,
+    targets: Tensor,
+    scored: Tensor,
+    penalize_others: bool = False,
+    match_shape: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """(reward = -sum of squared count errors, exact-count accuracy in {0, 1}), both [B] float32."""
+    """(reward = -sum of squared count errors, exact-count accuracy in {0, 1}), both [B] float32.
+
+    match_shape=False pools the two shapes of each colour first (classes are then colours).
+    """
+    if not match_shape:
+        n_shapes = len(shapes.SHAPES)
+        counts = counts.view(-1, _NUM_COLOURS, n_shapes).sum(-1)
+        targets = targets.view(-1, _NUM_COLOURS, n_shapes).sum(-1)
+        scored = scored.view(-1, _NUM_COLOURS, n_shapes).any(-1)
     if penalize_others:
         scored = torch.ones_like(scored)
     err = (counts - targets).to(torch.float32).square() * scored
@@ -156,7 +170,7 @@ def counting_scores(
 
 @register_reward("counting")
 class CountingReward(Reward):
-    """Counting reward; options are those of `count_objects` plus `penalize_others`."""
+    """Counting reward; options are those of `count_objects` plus `penalize_others` and `match_shape`."""
 
     name = "counting"
 
@@ -166,11 +180,13 @@ class CountingReward(Reward):
         min_area: int = 10,
         square_fill: float = 0.88,
         penalize_others: bool = False,
+        match_shape: bool = True,
     ) -> None:
         self.max_distance = float(max_distance)
         self.min_area = int(min_area)
         self.square_fill = float(square_fill)
         self.penalize_others = bool(penalize_others)
+        self.match_shape = bool(match_shape)
 
     def counts(self, samples: Tensor) -> Tensor:
         """Objects found per class, [B, 8] int64."""
@@ -182,7 +198,7 @@ class CountingReward(Reward):
             raise ValueError(f"{samples.shape[0]} samples but {len(prompts)} prompts")
         counts = self.counts(samples)
         targets, scored = prompt_targets(prompts)
-        reward, exact = counting_scores(counts, targets, scored, self.penalize_others)
+        reward, exact = counting_scores(counts, targets, scored, self.penalize_others, self.match_shape)
         return reward, exact, counts
 
     def __call__(self, samples: Tensor, prompts: Sequence[Prompt | str]) -> Tensor:
