@@ -28,6 +28,7 @@ commits each shard once all its prompts are in.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -327,6 +328,9 @@ class ShardedWriter:
         }
         self._put(MANIFEST, _json(manifest))
         self._put(SUCCESS, b"")
+        if self.local:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path(STAGING))  # only when empty
         self.state.complete = True
         return manifest
 
