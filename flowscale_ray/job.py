@@ -190,16 +190,26 @@ def run_job(job: JobConfig, base_dir: Path | None = None, log: Callable[[str], N
     started = time.perf_counter()
     nfe = failed = 0
     preview: list[TaskResult] = []
+    # A failed prompt's row is held back until a later prompt succeeds: if the failures go on until the run
+    # stops (a broken model, not bad prompts), they are not committed and the resumed run retries them.
+    held_back: list[tuple[int, Exception]] = []
+
+    def record_failures() -> None:
+        for i, exc in held_back:
+            assembler.add(i, [failed_row(prompts[i], info, redact(_one_line(exc)))])
+        held_back.clear()
+
     for index, outcome in run_prompts(executor, method, job.seed, prompts, todo, log, redact):
         if isinstance(outcome, TaskResult):
-            rows = rows_for_result(outcome, info)
+            record_failures()
             nfe += outcome.nfe
             if len(preview) < PREVIEW_ROWS:
                 preview.append(outcome)
+            assembler.add(index, rows_for_result(outcome, info))
         else:
             failed += 1
-            rows = [failed_row(prompts[index], info, redact(_one_line(outcome)))]
-        assembler.add(index, rows)
+            held_back.append((index, outcome))
+    record_failures()
     manifest = writer.finish(versions())
     elapsed = time.perf_counter() - started
     if preview:
