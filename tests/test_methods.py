@@ -316,3 +316,15 @@ def test_every_noise_draw_has_a_distinct_key():
                 # SoP's deferred substep is the parent's own continuation: shared by its children by design
                 keys += [m.noise for m in e.moves if m.noise is not None and m.noise.candidate != -1]
         assert len(keys) == len(set(keys)), method
+
+
+def test_batch_pack_roundtrip():
+    import pickle
+
+    from flowscale_ray.search.protocol import Batch
+
+    for method in ALL_METHODS:
+        run = ScriptedRun(method, GRID, random_rewards())
+        run.run()
+        for b in run.batches:
+            assert Batch.unpack(pickle.loads(pickle.dumps(b.pack()))) == b

@@ -15,9 +15,11 @@ fails more than `max_restarts` times fails the run with a clear message.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +30,9 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution.inprocess import decision_seed, lineage_of
 from flowscale_ray.execution.tasks import SearchTask, TaskResult
+from flowscale_ray.runtime.messages import ComponentSpec, ParticleResult
 from flowscale_ray.runtime.placement import plan_batch
-from flowscale_ray.runtime.replica import ComponentSpec, ParticleResult, ReplicaWorker
+from flowscale_ray.runtime.replica import ReplicaWorker
 from flowscale_ray.search.protocol import Batch, Evaluation, Expand, Init, SearchContext, SearchGenerator
 
 log = logging.getLogger("flowscale_ray.runtime")
@@ -92,7 +95,9 @@ class RayExecutor:
         reward: ComponentSpec,
         held_out: ComponentSpec | None = None,
         options: RuntimeOptions | None = None,
+        worker: type = ReplicaWorker,
     ) -> None:
+        """`worker` is the replica class (ReplicaWorker; DelayReplica stands in for GPUs in benchmarks)."""
         if not ray.is_initialized():
             raise RuntimeFailure("Ray is not initialised: call ray.init() (flowscale run does) first")
         self.options = opts = options or RuntimeOptions()
@@ -101,7 +106,7 @@ class RayExecutor:
         self.sampler = sampler
         self.context = SearchContext(grid=sampler.grid_times())
         self._args = (model, sampler, reward, held_out, opts.micro_batch, opts.delay_per_call)
-        self._cls = ray.remote(ReplicaWorker).options(
+        self._cls = ray.remote(worker).options(
             num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_restarts=opts.max_restarts, max_task_retries=0
         )
         self.replicas = [self._cls.remote(*self._args) for _ in range(opts.replicas)]
@@ -110,6 +115,7 @@ class RayExecutor:
         self.slack = opts.slack if opts.slack is not None else float(opts.micro_batch or 8)
         self.metrics: dict[str, Any] = {"rounds": 0, "replayed_nfe": 0, "restarts": 0, "copies": 0, "calls": 0}
         self._closes: dict[int, list[int]] = {}  # replica -> finished task keys to close there
+        gc.freeze()  # libraries loaded so far live forever: keep them out of the driver's GC scans
 
     # -- start-up and health ---------------------------------------------------------------------------------
     def _wait_ready(self, indices: Iterable[int]) -> list[str]:
@@ -156,13 +162,24 @@ class RayExecutor:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self, tasks: Iterable[SearchTask]) -> Iterator[TaskResult]:
+        """Yield one TaskResult per task, in completion order."""
         pending = iter(enumerate(tasks))
         running: dict[int, _Task] = {}
+        ready: deque[int] = deque()  # tasks whose next batch waits to be planned
         queues: dict[int, list[_Queued]] = {r: [] for r in range(len(self.replicas))}
         releases: dict[int, dict[int, list[int]]] = {r: {} for r in range(len(self.replicas))}
         calls: dict[Any, _Call] = {}
         busy: set[int] = set()
         exhausted = False
+
+        def advanced(t: _Task) -> None:
+            """After t's batch is complete: the next batch is ready, or the search finished."""
+            finished = self._advance(t, releases)
+            if finished is not None:
+                calls[finished[0]] = finished[1]
+            elif t.batch is not None:
+                ready.append(t.key)
+
         while True:
             while not exhausted and len(running) < self.options.in_flight:
                 nxt = next(pending, None)
@@ -170,26 +187,25 @@ class RayExecutor:
                     exhausted = True
                     break
                 key, task = nxt
-                seed = task.effective_seed
-                gen = task.method.search(self.context, decision_seed(seed, task.prompt.id))
+                gen = task.method.search(self.context, decision_seed(task.effective_seed, task.prompt.id))
                 running[key] = _Task(key=key, task=task, gen=gen, batch=next(gen), started=time.perf_counter())
+                ready.append(key)
             if not running and not calls:
                 return
-            # plan every batch that is ready
-            loads = [float(sum(len(q.batch) for q in queues[r])) for r in range(len(self.replicas))]
-            for t in list(running.values()):
-                if t.batch is not None and not t.parts:
+            if ready:
+                loads = [float(sum(len(q.batch) for q in queues[r])) for r in range(len(self.replicas))]
+                while ready:
+                    t = running[ready.popleft()]
+                    if t.batch is None or t.parts:
+                        continue
                     if len(t.batch) == 0:  # releases only: nothing to compute
-                        finished = self._advance(t, releases)
+                        advanced(t)
                     else:
                         self._plan(t, queues, loads)
-                        continue
-                    if finished is not None:
-                        calls[finished[0]] = finished[1]
-            # feed idle replicas
-            for r in range(len(self.replicas)):
+            for r in range(len(self.replicas)):  # feed idle replicas everything queued for them
                 if r not in busy and queues[r]:
-                    calls[self._send(r, queues[r], releases[r], running)] = _Call(
+                    ref = self._send(r, queues[r], releases[r], running)
+                    calls[ref] = _Call(
                         "run", r, items=queues[r], deadline=time.monotonic() + self.options.call_timeout_s
                     )
                     queues[r], releases[r] = [], {}
@@ -197,10 +213,9 @@ class RayExecutor:
             if not calls:
                 continue
             timeout = max(0.0, min(c.deadline for c in calls.values()) - time.monotonic())
-            done, _ = ray.wait(list(calls), num_returns=1, timeout=timeout)
+            done, rest = ray.wait(list(calls), num_returns=1, timeout=timeout)
             if not done:
-                late = [ref for ref, c in calls.items() if c.deadline <= time.monotonic()]
-                for ref in late:
+                for ref in [ref for ref, c in calls.items() if c.deadline <= time.monotonic()]:
                     call = calls.pop(ref)
                     log.warning(
                         "replica %d missed its %.0fs deadline; restarting it", call.replica, self.options.call_timeout_s
@@ -208,8 +223,13 @@ class RayExecutor:
                     ray.kill(self.replicas[call.replica], no_restart=False)
                     self._recover(call, running, queues, releases, calls, busy)
                 continue
+            if rest:  # drain everything else that has finished too
+                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                done += more
             for ref in done:
-                call = calls.pop(ref)
+                call = calls.pop(ref, None)
+                if call is None:  # dropped by a recovery in this same pass
+                    continue
                 try:
                     value = ray.get(ref)
                 except RayActorError:
@@ -227,9 +247,7 @@ class RayExecutor:
                             t.holders[res.pid] = {call.replica}
                         t.parts.discard(call.replica)
                         if not t.parts:
-                            finished = self._advance(t, releases)
-                            if finished is not None:
-                                calls[finished[0]] = finished[1]
+                            advanced(t)
                 else:
                     t = running.pop(call.key)  # type: ignore[arg-type]
                     yield self._result(t, value)
@@ -272,7 +290,7 @@ class RayExecutor:
                 adopt.append((item.key, self.replicas[src].export.remote(item.key, pids)))
         self.metrics["calls"] += 1
         rel = [(k, v) for k, v in releases.items() if v]
-        work = [(i.key, i.batch) for i in items]
+        work = [(i.key, i.batch.pack()) for i in items]
         return self.replicas[r].run.remote(work, opens, rel, [k for k, _ in adopt], *[ref for _, ref in adopt])
 
     def _advance(self, t: _Task, releases: dict[int, dict[int, list[int]]]) -> tuple[Any, _Call] | None:

@@ -8,38 +8,21 @@ decoded preview when the reward runs elsewhere).
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
-
-import torch
 
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution.engine import Particle, ParticleEngine
 from flowscale_ray.execution.inprocess import score
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards.base import Reward
+from flowscale_ray.runtime.messages import ComponentSpec, ParticleResult
 from flowscale_ray.search.protocol import Batch, Expand, Init
-
-
-@dataclass(frozen=True)
-class ComponentSpec:
-    """A model or reward to build inside the replica: a registry name (or 'module:attr') and options."""
-
-    name: str
-    options: dict[str, Any]
-
-
-@dataclass
-class ParticleResult:
-    pid: int
-    nfe: int
-    s: float
-    reward: float  # NaN when not scored
-    preview: torch.Tensor | None = None  # only when the reward does not run in the replica
 
 
 def build_model_from(spec: ComponentSpec):
@@ -72,6 +55,7 @@ class ReplicaWorker:
         self.delay_per_call = delay_per_call  # stands in for a GPU's time per batch in scaling benchmarks
         self.busy_seconds = 0.0
         self.calls = 0
+        gc.freeze()  # the model and libraries live forever: keep them out of every GC scan
 
     def ready(self) -> dict[str, Any]:
         return {"incarnation": self.incarnation, "pid": os.getpid(), "model": self.engine.model.model_id}
@@ -87,13 +71,13 @@ class ReplicaWorker:
 
     def run(
         self,
-        work: Sequence[tuple[Any, Batch]],
+        work: Sequence[tuple[Any, tuple]],
         opens: Sequence[tuple[Any, Prompt, int]] = (),
         releases: Sequence[tuple[Any, Sequence[int]]] = (),
         adopt_keys: Sequence[Any] = (),
         *adopt_states: list[tuple[int, Particle]],
     ) -> dict[Any, list[ParticleResult]]:
-        """Compute `work`. `adopt_states` (one per entry of `adopt_keys`) are particle copies exported by
+        """Compute `work` (task key, Batch.pack()). `adopt_states` (one per entry of `adopt_keys`) are particle copies exported by
         other replicas; they are top-level arguments so that Ray resolves them before the call runs."""
         started = time.perf_counter()
         for key, pids in releases:
@@ -101,7 +85,7 @@ class ReplicaWorker:
         self._open(opens)
         for key, states in zip(adopt_keys, adopt_states, strict=True):
             self.engine.adopt(key, states)
-        outputs = self.engine.run(list(work))
+        outputs = self.engine.run([(key, Batch.unpack(packed)) for key, packed in work])
         results: dict[Any, list[ParticleResult]] = {}
         for key, evaluated in outputs.items():
             scored = [o for o in evaluated if o.preview is not None]

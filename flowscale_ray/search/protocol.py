@@ -68,6 +68,38 @@ class Batch:
     def __len__(self) -> int:
         return len(self.inits) + len(self.expands)
 
+    def pack(self) -> tuple:
+        """A plain-tuple encoding for sending between processes (pickling thousands of frozen dataclasses
+        costs tens of microseconds each; tuples cost almost nothing). `Batch.unpack` inverts it."""
+
+        def key(k: NoiseKey | None) -> tuple | None:
+            return None if k is None else (k.chain, k.step, k.candidate, k.stream)
+
+        return (
+            tuple((i.pid, key(i.noise), i.score) for i in self.inits),
+            tuple(
+                (e.pid, e.parent, tuple((m.s_to, key(m.noise), m.renoise) for m in e.moves), e.score)
+                for e in self.expands
+            ),
+            self.release,
+        )
+
+    @staticmethod
+    def unpack(data: tuple) -> Batch:
+        inits, expands, release = data
+
+        def key(k: tuple | None) -> NoiseKey | None:
+            return None if k is None else NoiseKey(*k)
+
+        return Batch(
+            inits=tuple(Init(pid, key(nk), sc) for pid, nk, sc in inits),  # type: ignore[arg-type]
+            expands=tuple(
+                Expand(pid, parent, tuple(Move(s, key(nk), rn) for s, nk, rn in moves), sc)
+                for pid, parent, moves, sc in expands
+            ),
+            release=tuple(release),
+        )
+
 
 @dataclass(frozen=True)
 class Evaluation:

@@ -1,0 +1,112 @@
+"""DelayReplica: a stand-in for a GPU replica whose work is a fixed delay per batch (torch-free, light).
+
+It speaks the ReplicaWorker protocol, so the real driver schedules it exactly like a model replica; rewards
+are a deterministic hash of (prompt, pid), so searches make real decisions. Used by the scaling benchmark
+and `flowscale bench --model delay` to measure the driver's own limits without GPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from flowscale_ray.runtime.messages import ComponentSpec, ParticleResult
+
+
+class DelayReplica:
+    def __init__(
+        self,
+        model: ComponentSpec,
+        sampler: Any,
+        reward: ComponentSpec | None,
+        held_out: ComponentSpec | None,
+        micro_batch: int | None,
+        delay_per_call: float = 0.05,
+    ) -> None:
+        self.incarnation = uuid.uuid4().hex
+        self.delay = delay_per_call
+        self.grid = sampler.grid_times()
+        self.live: dict[Any, set[int]] = {}
+        self.prompts: dict[Any, str] = {}
+        self.busy_seconds = 0.0
+        self.calls = 0
+        self.nfe = 0
+        self.rows: list[int] = []
+
+    def ready(self) -> dict[str, Any]:
+        return {"incarnation": self.incarnation, "pid": os.getpid(), "model": "delay"}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _reward(self, key: Any, pid: int) -> float:
+        digest = hashlib.blake2b(f"{self.prompts.get(key, '')}:{pid}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") / 2**64
+
+    def run(self, work, opens=(), releases=(), adopt_keys=(), *adopt_states) -> dict[Any, list[ParticleResult]]:
+        started = time.perf_counter()
+        for key, prompt, _seed in opens:
+            self.prompts[key] = prompt.id
+            self.live.setdefault(key, set())
+        for key, pids in releases:
+            self.live.get(key, set()).difference_update(pids)
+        for key, states in zip(adopt_keys, adopt_states, strict=True):
+            self.live.setdefault(key, set()).update(pid for pid, _ in states)
+        out: dict[Any, list[ParticleResult]] = {}
+        rows = 0
+        from flowscale_ray.search.protocol import Batch
+
+        for key, packed in work:
+            batch = Batch.unpack(packed)
+            res = []
+            for req in batch.inits:
+                res.append(
+                    ParticleResult(req.pid, 1, self.grid[0], self._reward(key, req.pid) if req.score else float("nan"))
+                )
+            for req in batch.expands:
+                nfe = sum(1 for i, m in enumerate(req.moves) if i > 0 and not m.renoise) + 1
+                s = req.moves[-1].s_to
+                res.append(ParticleResult(req.pid, nfe, s, self._reward(key, req.pid) if req.score else float("nan")))
+            for r in res:
+                self.live.setdefault(key, set()).add(r.pid)
+                rows += r.nfe
+            out[key] = res
+        time.sleep(self.delay)
+        self.nfe += rows
+        self.rows.append(rows)
+        self.busy_seconds += time.perf_counter() - started
+        self.calls += 1
+        return out
+
+    def replay(self, key: Any, prompt: Any, seed: int, requests: Sequence[Any], keep: Sequence[int]) -> int:
+        self.prompts[key] = prompt.id
+        self.live.setdefault(key, set()).update(keep)
+        time.sleep(self.delay)
+        return len(requests)
+
+    def export(self, key: Any, pids: Sequence[int]) -> list[tuple[int, None]]:
+        return [(pid, None) for pid in pids]
+
+    def finalize(self, key: Any, pids: Sequence[int]) -> dict[str, Any]:
+        rewards = [self._reward(key, pid) for pid in pids]
+        return {"samples": [[r] for r in rewards], "images": [[r] for r in rewards], "rewards": rewards}
+
+    def close(self, keys: Sequence[Any]) -> None:
+        for key in keys:
+            self.live.pop(key, None)
+            self.prompts.pop(key, None)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "incarnation": self.incarnation,
+            "busy_seconds": self.busy_seconds,
+            "calls": self.calls,
+            "nfe": self.nfe,
+            "mean_rows_per_call": sum(self.rows) / max(1, len(self.rows)),
+            "live_particles": sum(len(v) for v in self.live.values()),
+            "open_tasks": len(self.live),
+        }
