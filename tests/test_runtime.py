@@ -148,3 +148,33 @@ def test_a_hung_call_times_out_and_the_run_recovers(local_ray, tmp_path):
         ex.shutdown()
     assert ex.metrics["restarts"] == 1
     assert_same(results, reference(tasks, spec))
+
+
+def _object_store_used() -> float:
+    total = ray.cluster_resources().get("object_store_memory", 0.0)
+    free = ray.available_resources().get("object_store_memory", total)
+    return total - free
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_hundreds_of_prompts(local_ray):
+    import psutil
+
+    method = METHODS["svdd"](METHODS["svdd"].Config(n_chains=2, n_children=4))
+    tasks = [SearchTask(Prompt(f"p{i:04d}", "t"), method, seed=0) for i in range(400)]
+    ex = RayExecutor(
+        MODEL, SamplerSpec(steps=4), REWARD, options=RuntimeOptions(replicas=2, in_flight=16, num_cpus=0.5)
+    )
+    proc = psutil.Process()
+    samples = {}
+    try:
+        for n, _ in enumerate(ex.run(tasks), start=1):
+            if n in (100, 250, 400):
+                samples[n] = (proc.memory_info().rss, _object_store_used())
+        stats = ex.stats()
+    finally:
+        ex.shutdown()
+    growth = samples[400][0] - samples[100][0]
+    assert growth < 25 * 2**20, f"driver RSS grew {growth / 2**20:.1f} MiB from 100 to 400 prompts"
+    assert samples[400][1] <= samples[100][1] + 2**20, samples  # nothing accumulates in the object store
+    assert all(s["live_particles"] == 0 and s["open_tasks"] == 0 for s in stats)

@@ -77,8 +77,8 @@ class ReplicaWorker:
         adopt_keys: Sequence[Any] = (),
         *adopt_states: list[tuple[int, Particle]],
     ) -> dict[Any, list[ParticleResult]]:
-        """Compute `work` (task key, Batch.pack()). `adopt_states` (one per entry of `adopt_keys`) are particle copies exported by
-        other replicas; they are top-level arguments so that Ray resolves them before the call runs."""
+        """Compute `work` (task key, Batch.pack()). `adopt_states` (one per entry of `adopt_keys`) are particle
+        copies exported by other replicas; they are top-level arguments so that Ray resolves them first."""
         started = time.perf_counter()
         for key, pids in releases:
             self.engine.release(key, pids)
