@@ -102,6 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(msg if msg.startswith(f"{job_path}:") else f"{job_path}: {msg}")
     except KeyboardInterrupt:
         return _error("interrupted")
+    except (OSError, RuntimeError) as exc:  # storage failing after its retries, a broken model: resumable
+        from flowscale_ray.io.storage import Redactor
+
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        message = Redactor.for_storage(job.storage)(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+        print(f"flowscale: error: {job_path}: {message}", file=sys.stderr)
+        return 1
 
 
 def _inspect(args: argparse.Namespace) -> int:

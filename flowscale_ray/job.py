@@ -161,7 +161,11 @@ def run_job(job: JobConfig, base_dir: Path | None = None, log: Callable[[str], N
     prompts = load_prompts(job.prompts, base_dir, job.storage)
     writer = open_writer(job, prompts, log)
     uri = redact(_uri(job, writer.root))
-    if writer.check():
+    try:
+        exists = writer.check()
+    except (FileNotFoundError, PermissionError) as exc:  # no such bucket, access denied: before any work
+        raise ConfigError("output.dir", f"cannot use {uri}: {redact(_one_line(exc))}") from None
+    if exists:
         done = writer.completed_manifest()
         if done is not None:
             log(f"run {job.run_id} is already complete ({done['counts']['rows']} rows); nothing to do: {uri}")
@@ -170,7 +174,10 @@ def run_job(job: JobConfig, base_dir: Path | None = None, log: Callable[[str], N
     method = job.method.build()
     engine = ParticleEngine(model, job.sampler, micro_batch=job.executor.micro_batch)
     executor = InProcessExecutor(engine, reward, held, in_flight=job.executor.in_flight, top_k=job.output.top_k)
-    state = writer.begin()
+    try:
+        state = writer.begin()
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ConfigError("output.dir", f"cannot use {uri}: {redact(_one_line(exc))}") from None
     pending = writer.pending_shards()
     todo = [i for shard in pending for i in writer.shard_prompts(shard)]
     planned = method.planned_nfe(executor.context)
