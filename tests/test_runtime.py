@@ -178,3 +178,24 @@ def test_memory_stays_flat_over_hundreds_of_prompts(local_ray):
     assert growth < 25 * 2**20, f"driver RSS grew {growth / 2**20:.1f} MiB from 100 to 400 prompts"
     assert samples[400][1] <= samples[100][1] + 2**20, samples  # nothing accumulates in the object store
     assert all(s["live_particles"] == 0 and s["open_tasks"] == 0 for s in stats)
+
+
+def test_rewards_in_separate_reward_actors(local_ray):
+    spec = SamplerSpec()
+    tasks = tasks_for("svdd", n=3)
+    held = ComponentSpec("negative_distance", {"target": [0.5, -3.5]})
+    ex = RayExecutor(
+        MODEL,
+        spec,
+        REWARD,
+        held,
+        options=RuntimeOptions(replicas=2, in_flight=3, num_cpus=0.3, reward_actors=2, reward_num_cpus=0.3),
+    )
+    try:
+        results = {r.prompt.id: r for r in ex.run(tasks)}
+        rstats = ray.get([a.stats.remote() for a in ex.rewarders])
+    finally:
+        ex.shutdown()
+    assert_same(results, reference(tasks, spec))
+    assert all(r.held_out is not None for r in results.values())
+    assert all(s["calls"] > 0 for s in rstats)  # both reward actors scored

@@ -80,7 +80,7 @@ class DelayReplica:
         self.rows.append(rows)
         self.busy_seconds += time.perf_counter() - started
         self.calls += 1
-        return out
+        return out, None
 
     def replay(self, key: Any, prompt: Any, seed: int, requests: Sequence[Any], keep: Sequence[int]) -> int:
         self.prompts[key] = prompt.id

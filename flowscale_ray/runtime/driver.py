@@ -54,6 +54,9 @@ class RuntimeOptions:
     max_restarts: int = 3
     slack: float | None = None  # rows a parent's replica may be above the least-loaded one; None: micro_batch or 8
     delay_per_call: float = 0.0  # replicas sleep this long per call (stand-in for GPU time in benchmarks)
+    reward_actors: int = 0  # 0: rewards run inside the model replicas; n: a pool of n reward actors
+    reward_num_cpus: float = 1.0
+    reward_num_gpus: float = 0.0
 
 
 @dataclass
@@ -66,6 +69,7 @@ class _Task:
     holders: dict[int, set[int]] = field(default_factory=dict)  # pid -> replicas holding it
     lineage: dict[int, Init | Expand] = field(default_factory=dict)
     parts: set[int] = field(default_factory=set)  # replicas with outstanding parts of the current batch
+    scoring: int = 0  # outstanding reward-actor calls for the current batch
     results: dict[int, ParticleResult] = field(default_factory=dict)
     nfe: int = 0
     opened_on: set[int] = field(default_factory=set)
@@ -80,11 +84,13 @@ class _Queued:
 
 @dataclass
 class _Call:
-    kind: str  # "run" | "finalize"
-    replica: int
+    kind: str  # "run" | "finalize" on a replica; "score" | "score_final" on a reward actor
+    replica: int  # replica or reward actor index
     items: list[_Queued] = field(default_factory=list)
     key: int | None = None
     deadline: float = math.inf
+    args: tuple = ()  # for reward calls: what to send again if the actor fails
+    value: Any = None  # score_final: the finalize output waiting for its rewards
 
 
 class RayExecutor:
@@ -105,13 +111,41 @@ class RayExecutor:
             raise ValueError("replicas and in_flight must be >= 1")
         self.sampler = sampler
         self.context = SearchContext(grid=sampler.grid_times())
-        self._args = (model, sampler, reward, held_out, opts.micro_batch, opts.delay_per_call)
+        separate = opts.reward_actors > 0
+        self._args = (
+            model,
+            sampler,
+            None if separate else reward,
+            None if separate else held_out,
+            opts.micro_batch,
+            opts.delay_per_call,
+        )
         self._cls = ray.remote(worker).options(
             num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_restarts=opts.max_restarts, max_task_retries=0
         )
         self.replicas = [self._cls.remote(*self._args) for _ in range(opts.replicas)]
         self.incarnations = self._wait_ready(range(opts.replicas))
         self.restarts = [0] * opts.replicas
+        self.rewarders: list[Any] = []
+        self.reward_restarts = [0] * opts.reward_actors
+        if separate:
+            from flowscale_ray.runtime.rewarder import RewardWorker
+
+            cls = ray.remote(RewardWorker).options(
+                num_cpus=opts.reward_num_cpus,
+                num_gpus=opts.reward_num_gpus,
+                max_restarts=opts.max_restarts,
+                max_task_retries=0,
+            )
+            self.rewarders = [cls.remote(reward, held_out) for _ in range(opts.reward_actors)]
+            try:
+                ray.get([a.ready.remote() for a in self.rewarders], timeout=opts.start_timeout_s)
+            except (RayActorError, RayTaskError) as exc:
+                raise RuntimeFailure(f"a reward actor failed to start: {_cause(exc)}") from None
+            except GetTimeoutError:
+                raise RuntimeFailure(f"reward actors did not start within {opts.start_timeout_s:.0f}s") from None
+        self._next_rewarder = 0
+        self._previews: dict[Any, Any] = {}  # run-call result ref -> its previews ref
         self.slack = opts.slack if opts.slack is not None else float(opts.micro_batch or 8)
         self.metrics: dict[str, Any] = {"rounds": 0, "replayed_nfe": 0, "restarts": 0, "copies": 0, "calls": 0}
         self._closes: dict[int, list[int]] = {}  # replica -> finished task keys to close there
@@ -153,9 +187,9 @@ class RayExecutor:
                 raise RuntimeFailure(f"replica {r} could not be restarted: {_cause(exc)}") from None
 
     def shutdown(self) -> None:
-        for actor in self.replicas:
+        for actor in [*self.replicas, *self.rewarders]:
             ray.kill(actor, no_restart=True)
-        self.replicas = []
+        self.replicas, self.rewarders = [], []
 
     def stats(self) -> list[dict[str, Any]]:
         return ray.get([r.stats.remote() for r in self.replicas], timeout=self.options.call_timeout_s)
@@ -217,6 +251,10 @@ class RayExecutor:
             if not done:
                 for ref in [ref for ref, c in calls.items() if c.deadline <= time.monotonic()]:
                     call = calls.pop(ref)
+                    if call.kind in ("score", "score_final"):
+                        ray.kill(self.rewarders[call.replica], no_restart=False)
+                        self._rewarder_failed(call, calls)
+                        continue
                     log.warning(
                         "replica %d missed its %.0fs deadline; restarting it", call.replica, self.options.call_timeout_s
                     )
@@ -232,23 +270,62 @@ class RayExecutor:
                     continue
                 try:
                     value = ray.get(ref)
+                    if call.kind == "run":
+                        value = value[0] if isinstance(value, tuple) else value
                 except RayActorError:
-                    self._recover(call, running, queues, releases, calls, busy)
+                    if call.kind in ("score", "score_final"):
+                        self._rewarder_failed(call, calls)
+                    else:
+                        self._recover(call, running, queues, releases, calls, busy)
                     continue
                 except RayTaskError as exc:
                     raise RuntimeFailure(f"replica {call.replica} failed: {_cause(exc)}") from None
                 if call.kind == "run":
                     busy.discard(call.replica)
                     self.metrics["rounds"] += 1
+                    previews = self._previews.pop(ref, None)
+                    if not self.rewarders:
+                        previews = None
+                    to_score = []
                     for item in call.items:
                         t = running[item.key]
+                        rows = []
                         for res in value.get(item.key, []):
                             t.results[res.pid] = res
                             t.holders[res.pid] = {call.replica}
+                            if res.preview is not None and previews is not None:
+                                rows.append((res.pid, res.preview))
+                                res.preview = None
+                        if rows:
+                            to_score.append((t, rows))
                         t.parts.discard(call.replica)
-                        if not t.parts:
+                    if to_score:
+                        args = (
+                            [(t.key, t.task.prompt, [row for _, row in rows]) for t, rows in to_score],
+                            previews,
+                        )
+                        pids = {t.key: [pid for pid, _ in rows] for t, rows in to_score}
+                        for t, _ in to_score:
+                            t.scoring += 1
+                        self._score(calls, "score", args, payload=pids)
+                    for item in call.items:
+                        t = running[item.key]
+                        if not t.parts and t.scoring == 0:
                             advanced(t)
+                elif call.kind == "score":
+                    for key, rewards in value.items():
+                        t = running[key]
+                        for pid, reward in zip(call.value[key], rewards, strict=True):
+                            t.results[pid].reward = reward
+                        t.scoring -= 1
+                        if not t.parts and t.scoring == 0:
+                            advanced(t)
+                elif call.kind == "finalize" and self.rewarders:
+                    t = running[call.key]  # type: ignore[index]
+                    self._score(calls, "score_final", (t.task.prompt, value["images"]), payload=value, key=t.key)
                 else:
+                    if call.kind == "score_final":
+                        value = {**call.value, **value}
                     t = running.pop(call.key)  # type: ignore[arg-type]
                     yield self._result(t, value)
                     for r in t.opened_on:
@@ -291,7 +368,13 @@ class RayExecutor:
         self.metrics["calls"] += 1
         rel = [(k, v) for k, v in releases.items() if v]
         work = [(i.key, i.batch.pack()) for i in items]
-        return self.replicas[r].run.remote(work, opens, rel, [k for k, _ in adopt], *[ref for _, ref in adopt])
+        results, previews = (
+            self.replicas[r]
+            .run.options(num_returns=2)
+            .remote(work, opens, rel, [k for k, _ in adopt], *[ref for _, ref in adopt])
+        )
+        self._previews[results] = previews  # owned by the driver; never fetched here
+        return results
 
     def _advance(self, t: _Task, releases: dict[int, dict[int, list[int]]]) -> tuple[Any, _Call] | None:
         """All parts of t's batch are back: feed the method; queue releases; finalize when it returns."""
@@ -339,6 +422,27 @@ class RayExecutor:
                 releases[r].pop(k, None)
             self.replicas[r].close.remote(keys)  # fire and forget: runs before the replica's next call
 
+    def _score(self, calls: dict[Any, _Call], kind: str, args: tuple, payload: Any, key: int | None = None) -> None:
+        """Send a scoring call to the next reward actor (round robin)."""
+        a = self._next_rewarder % len(self.rewarders)
+        self._next_rewarder += 1
+        method = self.rewarders[a].score if kind == "score" else self.rewarders[a].score_final
+        ref = method.remote(*args)
+        deadline = time.monotonic() + self.options.call_timeout_s
+        calls[ref] = _Call(kind, a, key=key, deadline=deadline, args=args, value=payload)
+
+    def _rewarder_failed(self, call: _Call, calls: dict[Any, _Call]) -> None:
+        a = call.replica
+        self.reward_restarts[a] += 1
+        self.metrics["restarts"] += 1
+        if self.reward_restarts[a] > self.options.max_restarts:
+            raise RuntimeFailure(
+                f"reward actor {a} failed {self.reward_restarts[a]} times (max_restarts={self.options.max_restarts}); "
+                "giving up"
+            )
+        log.warning("reward actor %d died; sending its scoring call again", a)
+        self._score(calls, call.kind, call.args, payload=call.value, key=call.key)
+
     # -- recovery --------------------------------------------------------------------------------------------
     def _recover(
         self,
@@ -365,8 +469,9 @@ class RayExecutor:
         )
         # Every other outstanding call to r failed too: collect them.
         lost = [call]
-        for ref in [ref for ref, c in calls.items() if c.replica == r]:
+        for ref in [ref for ref, c in calls.items() if c.replica == r and c.kind in ("run", "finalize")]:
             lost.append(calls.pop(ref))
+            self._previews.pop(ref, None)
         self.incarnations[r] = self._wait_restarted(r)
         busy.discard(r)
         releases[r] = {}

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import torch
+
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution.engine import Particle, ParticleEngine
 from flowscale_ray.execution.inprocess import score
@@ -76,7 +78,7 @@ class ReplicaWorker:
         releases: Sequence[tuple[Any, Sequence[int]]] = (),
         adopt_keys: Sequence[Any] = (),
         *adopt_states: list[tuple[int, Particle]],
-    ) -> dict[Any, list[ParticleResult]]:
+    ) -> tuple[dict[Any, list[ParticleResult]], torch.Tensor | None]:
         """Compute `work` (task key, Batch.pack()). `adopt_states` (one per entry of `adopt_keys`) are particle
         copies exported by other replicas; they are top-level arguments so that Ray resolves them first."""
         started = time.perf_counter()
@@ -86,6 +88,8 @@ class ReplicaWorker:
         for key, states in zip(adopt_keys, adopt_states, strict=True):
             self.engine.adopt(key, states)
         outputs = self.engine.run([(key, Batch.unpack(packed)) for key, packed in work])
+        if self.reward is None:
+            return self._with_preview_ref(outputs, started)
         results: dict[Any, list[ParticleResult]] = {}
         for key, evaluated in outputs.items():
             scored = [o for o in evaluated if o.preview is not None]
@@ -107,7 +111,27 @@ class ReplicaWorker:
             time.sleep(self.delay_per_call)
         self.busy_seconds += time.perf_counter() - started
         self.calls += 1
-        return results
+        return results, None
+
+    def _with_preview_ref(self, outputs: dict, started: float) -> dict[Any, Any]:
+        """Results without rewards, and the scored previews of the whole call as one tensor (a second return
+        value: it stays in the object store, owned by the driver, which hands it to a reward actor without
+        fetching it); each scored particle's `preview` holds its row in that tensor."""
+        rows = []
+        results: dict[Any, Any] = {}
+        for key, evaluated in outputs.items():
+            results[key] = []
+            for o in evaluated:
+                row = None
+                if o.preview is not None:
+                    row = len(rows)
+                    rows.append(o.preview)
+                results[key].append(ParticleResult(pid=o.pid, nfe=o.nfe, s=o.s, reward=float("nan"), preview=row))
+        if self.delay_per_call:
+            time.sleep(self.delay_per_call)
+        self.busy_seconds += time.perf_counter() - started
+        self.calls += 1
+        return results, (torch.stack(rows) if rows else None)
 
     def replay(
         self, key: Any, prompt: Prompt, seed: int, requests: Sequence[Init | Expand], keep: Sequence[int]
