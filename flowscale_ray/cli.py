@@ -92,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.job}: ok ({len(prompts)} prompts)")
             print(f"  method  {job.method.name} {dataclasses.asdict(job.method.settings)}")
             print(f"  sampler {dataclasses.asdict(job.sampler)}")
+            print(f"  output  {job.output.dir.rstrip('/')}/{job.run_id} (shards of {job.output.shard_size} prompts)")
             return 0
         from flowscale_ray.job import run_job
 

@@ -302,3 +302,51 @@ def test_driver_killed_mid_run_then_resumed_has_every_prompt_once(tmp_path):
     assert not (root / "_staging").exists()
     after = {p.name: json.loads(p.read_text())["sha256"] for p in (root / "_committed").iterdir()}
     assert all(after[name] == sha for name, sha in committed.items())  # committed shards were not redone
+
+
+@pytest.mark.parametrize("scheme", ["file", "memory"])
+def test_output_at_fsspec_uris(tmp_path, scheme):
+    import fsspec
+
+    uri = f"file://{tmp_path}/out" if scheme == "file" else f"memory://flowscale-{tmp_path.name}/out"
+    run(job_doc(uri), tmp_path)
+    fs, path = fsspec.core.url_to_fs(f"{uri}/toy")
+    try:
+        assert fs.exists(f"{path}/_SUCCESS")
+        rows = ds.dataset(f"{path}/data", filesystem=fs, format="parquet").to_table().to_pylist()
+        assert len(rows) == 5 and all(r["image"]["bytes"] for r in rows)
+    finally:
+        if scheme == "memory":
+            fs.rm(path, recursive=True)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"output__top_k": 0}, "output.top_k: must be >= 1, got 0"),
+        ({"output__shard_size": -1}, "output.shard_size: must be >= 1, got -1"),
+        ({"output__run_id": "../up"}, "output.run_id: must be 1-128 letters, digits"),
+        ({"output__min_reward": "high"}, "output.min_reward: expected a number or null, got 'high'"),
+        ({"output__keep": 3}, "output.keep: unknown key; allowed: dir, run_id, save_images, shard_size"),
+        ({"storage__retries": 0}, "storage.retries: must be >= 1, got 0"),
+        ({"storage__endpoint_url": "localhost"}, "storage.endpoint_url: expected a URL"),
+        ({"storage__password": "x"}, "storage.password: unknown key; allowed: endpoint_url, key, secret"),
+        ({"name": "my job"}, "name: is the run id when output.run_id is not set"),
+    ],
+)
+def test_output_and_storage_config_errors(tmp_path, capsys, change, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job_doc(tmp_path / "out", **change)))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_min_held_out_needs_a_held_out_reward(tmp_path, capsys):
+    doc = job_doc(tmp_path / "out", output__min_held_out=0.5)
+    doc.pop("held_out")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(path)]) == 2
+    assert "output.min_held_out: needs a held_out reward" in capsys.readouterr().err

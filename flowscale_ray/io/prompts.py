@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flowscale_ray.config import ConfigError, PromptFileConfig, StorageConfig
-from flowscale_ray.io.storage import Redactor, open_filesystem, resolve_local
+from flowscale_ray.io.storage import Redactor, open_filesystem, resolve_local, retry
 from flowscale_ray.prompts import Prompt
 
 WHERE = "prompts.file"
@@ -85,15 +85,18 @@ def read_prompt_file(
     uri = resolve_local(spec.file, base_dir)
     redact = Redactor.for_storage(storage)
     fmt, compression = _format_of(spec, uri)
-    try:
+
+    def read() -> tuple[list[tuple[int, dict[str, Any]]], bytes]:
         fs, path = open_filesystem(uri, storage)
         if not fs.isfile(path):
             raise ConfigError(WHERE, f"no such file: {name}")
         with fs.open(path, "rb", compression=compression) as f:
             if fmt == "parquet":
-                rows = list(_parquet_rows(f, name, spec))
-            else:
-                data = f.read()
+                return list(_parquet_rows(f, name, spec)), b""
+            return [], f.read()
+
+    try:
+        rows, data = retry(read, f"read {name}", storage.retries if storage is not None else 5)
     except ConfigError:
         raise
     except Exception as exc:  # storage and decoding errors, reported on one line

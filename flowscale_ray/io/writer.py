@@ -296,7 +296,8 @@ class ShardedWriter:
         missing = self.pending_shards()
         if missing:
             raise RuntimeError(f"cannot finish: {len(missing)} shards not committed (first: {missing[0]})")
-        stats = [self._marker_stats(i) for i in range(self.num_shards)]
+        self._load_marker_stats([i for i in range(self.num_shards) if i not in self._stats])
+        stats = [self._stats[i] for i in range(self.num_shards)]
         status = dict.fromkeys(STATUSES, 0)
         for s in stats:
             for k, v in s.status.items():
@@ -334,14 +335,19 @@ class ShardedWriter:
         self.state.complete = True
         return manifest
 
-    def _marker_stats(self, index: int) -> ShardStats:
-        if index in self._stats:
-            return self._stats[index]
-        raw = self._get(f"{MARKERS}/{marker_file(index)}")
-        if raw is None:
-            raise RuntimeError(f"marker of shard {index} disappeared")
-        doc = json.loads(raw)
-        return ShardStats(**{k: doc[k] for k in ShardStats.__dataclass_fields__})
+    def _load_marker_stats(self, indexes: list[int]) -> None:
+        """Stats of shards committed by earlier runs, from their markers (fetched together: one batch)."""
+        if not indexes:
+            return
+        paths = [self.path(MARKERS, marker_file(i)) for i in indexes]
+        found = self._retry(lambda: self.fs.cat(paths, on_error="omit"), f"read {len(paths)} markers")
+        by_name = {k.rstrip("/").rsplit("/", 1)[-1]: v for k, v in found.items()}
+        for i in indexes:
+            raw = by_name.get(marker_file(i))
+            if raw is None:
+                raise RuntimeError(f"the marker of shard {i} disappeared")
+            doc = json.loads(raw)
+            self._stats[i] = ShardStats(**{k: doc[k] for k in ShardStats.__dataclass_fields__})
 
 
 class ShardAssembler:
