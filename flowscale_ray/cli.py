@@ -92,7 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.job}: ok ({len(prompts)} prompts)")
             print(f"  method  {job.method.name} {dataclasses.asdict(job.method.settings)}")
             print(f"  sampler {dataclasses.asdict(job.sampler)}")
-            print(f"  output  {job.output.dir.rstrip('/')}/{job.run_id} (shards of {job.output.shard_size} prompts)")
+            from flowscale_ray.job import open_writer
+
+            writer = open_writer(job, prompts, log=lambda _msg: None)
+            state = "a new run"
+            if writer.check():  # raises on a conflicting run: that is bad input too
+                state = "complete" if writer.completed_manifest() is not None else "resumes the run there"
+            print(f"  output  {writer.root} ({writer.num_shards} shards of {job.output.shard_size} prompts): {state}")
             return 0
         from flowscale_ray.job import run_job
 

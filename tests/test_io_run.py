@@ -216,9 +216,12 @@ def test_changed_config_is_refused_unless_a_new_run_id(tmp_path, capsys):
     assert main(["run", str(path)]) == 0
     assert main(["run", str(path)]) == 0  # the same job: already complete
     assert "already complete" in capsys.readouterr().out
-    assert main(["run", str(path), "--set", "method.n=6", "--set", "seed=3"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "output.run_id:" in err and "changed: method.n, seed" in err
+    assert main(["validate", str(path)]) == 0
+    assert "(3 shards of 2 prompts): complete" in capsys.readouterr().out
+    for command in ("run", "validate"):
+        assert main([command, str(path), "--set", "method.n=6", "--set", "seed=3"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "output.run_id:" in err and "changed: method.n, seed" in err
     before = sorted(p.name for p in (tmp_path / "out" / "toy" / "data").iterdir())
     assert main(["run", str(path), "--set", "method.n=6", "--run-id", "toy-n6"]) == 0
     assert sorted(p.name for p in (tmp_path / "out" / "toy" / "data").iterdir()) == before
