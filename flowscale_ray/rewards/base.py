@@ -98,4 +98,5 @@ def as_reward_tensor(values: Tensor, batch: int) -> Tensor:
 
 
 def _load_builtin_rewards() -> None:
+    from flowscale_ray.builtin import counting, heldout  # noqa: F401
     from flowscale_ray.rewards import analytic  # noqa: F401
