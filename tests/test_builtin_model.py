@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from flowscale_ray.builtin import shapes
 from flowscale_ray.builtin.model import (
@@ -88,9 +89,12 @@ def test_sampling_accuracy_in_a_sane_range(model: ShapesFlowModel) -> None:
     torch.testing.assert_close(again, sample_ode(model, prompts[:2], [0, 1]))
 
 
-def test_train_smoke(tmp_path) -> None:
-    out = tmp_path / "flow.safetensors"
-    train_main(["--steps", "3", "--batch", "4", "--threads", "1", "--eval-samples", "0", "--out", str(out)])
+def test_train_smoke_and_reproducible(tmp_path) -> None:
+    out, again = tmp_path / "flow.safetensors", tmp_path / "again.safetensors"
+    for path in (out, again):
+        train_main(["--steps", "3", "--batch", "4", "--threads", "1", "--eval-samples", "0", "--out", str(path)])
+    a, b = load_file(str(out)), load_file(str(again))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     m = load_shapes_model(str(out))
     assert read_metadata(out)["train"]["steps"] == 3
     v = m.velocity(torch.zeros(1, 3, 32, 32), torch.tensor([0.5]), m.encode(["1 red circle"]))

@@ -50,7 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--channels", default="32,64,128", help="channels per level (16x16, 8x8, 4x4)")
     ap.add_argument("--blocks", type=int, default=1)
     ap.add_argument("--emb-dim", type=int, default=128)
-    ap.add_argument("--guidance", type=float, default=1.0, help="default guidance stored with the weights")
+    ap.add_argument("--guidance", type=float, default=2.0, help="default guidance stored with the weights")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(DEFAULT_WEIGHTS))
     ap.add_argument("--eval-samples", type=int, default=2, help="samples per eval prompt at the end (0: skip)")
@@ -142,7 +142,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "guidance": args.guidance,
-        "train": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "train": {k: v for k, v in vars(args).items() if k not in ("out", "checkpoints", "save_every")},
         "facts": facts,
     }
     save_weights(ema, out, meta)
