@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="write to <output.dir>/ID (default: output.run_id, else the job name); a new id starts a new run",
     )
+    run.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="run on the Ray cluster at ADDR ('auto' inside a Ray job, ray://HOST:10001, HOST:6379); "
+        "same as --set executor.kind=ray --set executor.address=ADDR",
+    )
     job_command("validate", "Validate a job file and print the resolved configuration.")
     sub.add_parser("methods", help="List search methods and their settings.", description="List search methods.")
     ip = sub.add_parser(
@@ -83,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = list(args.overrides)
         if getattr(args, "run_id", None) is not None:
             overrides.append(f"output.run_id={json.dumps(args.run_id)}")
+        if getattr(args, "address", None) is not None:
+            overrides += ["executor.kind=ray", f"executor.address={json.dumps(args.address)}"]
         job = read_job_file(args.job, overrides)
         if args.command == "validate":
             from flowscale_ray.job import build_components, load_prompts

@@ -197,15 +197,40 @@ class PromptFileConfig:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    kind: Literal["inprocess"] = "inprocess"
+    """Where the searches run. 'inprocess': this process. 'ray': model replicas on a Ray cluster (`address`:
+    null starts a local Ray in this process; 'auto' joins the cluster this job runs in; or ray://HOST:PORT)."""
+
+    kind: Literal["inprocess", "ray"] = "inprocess"
     in_flight: int = 4
     micro_batch: int | None = None
+    address: str | None = None
+    replicas: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    reward_actors: int = 0
+    call_timeout_s: float = 600.0
+    max_restarts: int = 3
 
     def __post_init__(self) -> None:
         if self.in_flight < 1:
             raise ValueError(f"in_flight: must be >= 1, got {self.in_flight}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch: must be >= 1 or null, got {self.micro_batch}")
+        if self.replicas < 1:
+            raise ValueError(f"replicas: must be >= 1, got {self.replicas}")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ValueError("num_cpus, num_gpus: must be >= 0")
+        if self.reward_actors < 0:
+            raise ValueError(f"reward_actors: must be >= 0, got {self.reward_actors}")
+        if self.call_timeout_s <= 0:
+            raise ValueError(f"call_timeout_s: must be > 0, got {self.call_timeout_s}")
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts: must be >= 0, got {self.max_restarts}")
+        if self.kind == "inprocess":
+            ray_only = {"address": None, "replicas": 1, "num_gpus": 0.0, "reward_actors": 0}
+            for name, default in ray_only.items():
+                if getattr(self, name) != default:
+                    raise ValueError(f"{name}: only used with kind: ray")
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

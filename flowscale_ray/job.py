@@ -52,6 +52,54 @@ def _build(kind: str, builder: Callable[[str, dict[str, Any]], Any], name: str, 
         raise ConfigError(f"{kind}.options", f"cannot build {kind} {name!r}: {msg}") from None
 
 
+def make_executor(job: JobConfig, log: Callable[[str], None] = print) -> tuple[Any, str, str, Callable[[], None]]:
+    """The executor the job asks for: (executor, model id, reward name, close)."""
+    ex_cfg = job.executor
+    if ex_cfg.kind == "inprocess":
+        model, reward, held = build_components(job)
+        engine = ParticleEngine(model, job.sampler, micro_batch=ex_cfg.micro_batch)
+        executor = InProcessExecutor(engine, reward, held, in_flight=ex_cfg.in_flight, top_k=job.output.top_k)
+        return executor, model.model_id, reward.name, lambda: None
+    from flowscale_ray.runtime.driver import RayExecutor, RuntimeFailure, RuntimeOptions, start_ray
+    from flowscale_ray.runtime.messages import ComponentSpec
+
+    started_here = start_ray(ex_cfg.address)
+    log(
+        f"ray: {'started a local Ray' if started_here else f'connected to {ex_cfg.address}'}; "
+        f"{ex_cfg.replicas} model replica(s)"
+    )
+    spec = lambda c: None if c is None else ComponentSpec(c.name, dict(c.options))  # noqa: E731
+    options = RuntimeOptions(
+        replicas=ex_cfg.replicas,
+        in_flight=ex_cfg.in_flight,
+        micro_batch=ex_cfg.micro_batch,
+        num_cpus=ex_cfg.num_cpus,
+        num_gpus=ex_cfg.num_gpus,
+        call_timeout_s=ex_cfg.call_timeout_s,
+        max_restarts=ex_cfg.max_restarts,
+        reward_actors=ex_cfg.reward_actors,
+    )
+    try:
+        executor = RayExecutor(
+            spec(job.model), job.sampler, spec(job.reward), spec(job.held_out), options, top_k=job.output.top_k
+        )
+    except RuntimeFailure as exc:
+        if started_here:
+            import ray
+
+            ray.shutdown()
+        raise ConfigError("model", str(exc)) from None
+
+    def close() -> None:
+        executor.shutdown()
+        if started_here:
+            import ray
+
+            ray.shutdown()
+
+    return executor, executor.model_id, job.reward.name, close
+
+
 def build_components(job: JobConfig) -> tuple[FlowModel, Reward, Reward | None]:
     model = _build("model", build_model, job.model.name, job.model.options)
     reward = _build("reward", build_reward, job.reward.name, job.reward.options)
@@ -152,9 +200,7 @@ def open_writer(job: JobConfig, prompts: list[Prompt], log: Callable[[str], None
 
 def run_job(job: JobConfig, base_dir: Path | None = None, log: Callable[[str], None] = print) -> RunReport:
     """Run (or resume) a job; returns what was done. Bad input raises ConfigError before any work."""
-    from flowscale_ray.io.rows import RunInfo, failed_row, rows_for_result
     from flowscale_ray.io.storage import Redactor
-    from flowscale_ray.io.writer import ShardAssembler
 
     redact = Redactor.for_storage(job.storage)
     log = _redacting(log, redact)
@@ -170,10 +216,18 @@ def run_job(job: JobConfig, base_dir: Path | None = None, log: Callable[[str], N
         if done is not None:
             log(f"run {job.run_id} is already complete ({done['counts']['rows']} rows); nothing to do: {uri}")
             return RunReport(job.run_id, uri, len(prompts), 0, done, 0.0, 0, 0)
-    model, reward, held = build_components(job)
     method = job.method.build()
-    engine = ParticleEngine(model, job.sampler, micro_batch=job.executor.micro_batch)
-    executor = InProcessExecutor(engine, reward, held, in_flight=job.executor.in_flight, top_k=job.output.top_k)
+    executor, model_id, reward_name, close = make_executor(job, log)
+    try:
+        return _run(job, prompts, writer, uri, method, executor, model_id, reward_name, log, redact)
+    finally:
+        close()
+
+
+def _run(job, prompts, writer, uri, method, executor, model_id, reward_name, log, redact) -> RunReport:
+    from flowscale_ray.io.rows import RunInfo, failed_row, rows_for_result
+    from flowscale_ray.io.writer import ShardAssembler
+
     try:
         state = writer.begin()
     except (FileNotFoundError, PermissionError) as exc:
@@ -186,9 +240,9 @@ def run_job(job: JobConfig, base_dir: Path | None = None, log: Callable[[str], N
     )
     log(
         f"job {job.name}: {len(prompts)} prompts, method {method.name} ({planned} NFE/prompt), "
-        f"sampler {job.sampler.label}, model {model.model_id}, reward {reward.name}{resumed}"
+        f"sampler {job.sampler.label}, model {model_id}, reward {reward_name}, executor {job.executor.kind}{resumed}"
     )
-    info = RunInfo.for_job(job, writer.config_hash, model.model_id, method.settings())
+    info = RunInfo.for_job(job, writer.config_hash, model_id, method.settings())
 
     def committed(shard: int, stats) -> None:
         log(f"shard {shard + 1}/{writer.num_shards} committed: {stats.rows} rows, {stats.bytes / 1e6:.2f} MB")

@@ -132,3 +132,18 @@ def test_run_writes_results(tmp_path, capsys):
     assert all(r["nfe"] == 2 + 2 * 3 * 5 for r in rows)
     assert rows[0]["lineage"][0]["kind"] == "init"
     assert rows[0]["method"] == "svdd" and json.loads(rows[0]["method_settings"])["n_children"] == 3
+
+
+@pytest.mark.parametrize(
+    "executor,message",
+    [
+        ({"kind": "ray", "replicas": 0}, "executor.replicas: must be >= 1, got 0"),
+        ({"kind": "inprocess", "address": "auto"}, "executor.address: only used with kind: ray"),
+        ({"kind": "spark"}, "executor.kind: must be one of inprocess, ray"),
+        ({"kind": "ray", "call_timeout_s": 0}, "executor.call_timeout_s: must be > 0"),
+    ],
+)
+def test_executor_errors(tmp_path, capsys, executor, message):
+    path = write(tmp_path, with_(executor=executor))
+    assert main(["validate", str(path)]) == 2
+    assert message in capsys.readouterr().err

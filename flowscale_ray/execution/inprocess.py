@@ -26,6 +26,7 @@ from flowscale_ray.search.protocol import (
     Init,
     SearchContext,
     SearchGenerator,
+    SearchOutcome,
 )
 
 
@@ -142,34 +143,57 @@ class InProcessExecutor:
         return evals
 
     def _finish(self, run: _Running, outcome) -> TaskResult:
-        # The best first, then the next of `selected` up to top_k (the best alone when top_k is 1).
-        pids = [outcome.best, *[p for p in outcome.selected if p != outcome.best][: self.top_k - 1]]
+        pids = selected_pids(outcome, self.top_k)
         samples, images = self.engine.finalize(run.key, pids)
         prompts = [run.task.prompt] * len(pids)
         rewards = score(self.reward, list(images), prompts)
-        helds = score(self.held_out, list(images), prompts) if self.held_out is not None else [None] * len(pids)
+        helds = score(self.held_out, list(images), prompts) if self.held_out is not None else None
         self.engine.close_task(run.key)
-        selected = [
-            SelectedSample(
-                pid=pid,
-                sample=samples[i],
-                image=images[i],
-                reward=rewards[i],
-                held_out=helds[i],
-                search_reward=outcome.reward if pid == outcome.best else run.rewards.get(pid, math.nan),
-                lineage=lineage_of(run.lineage, pid),
-            )
-            for i, pid in enumerate(pids)
-        ]
-        return TaskResult(
-            prompt=run.task.prompt,
-            outcome=outcome,
-            sample=samples[0],
-            image=images[0],
-            reward=rewards[0],
-            held_out=helds[0],
-            nfe=run.nfe,
-            lineage=selected[0].lineage,
-            seconds=time.perf_counter() - run.started,
-            extra={"selected": selected},
+        return build_result(
+            run.task, outcome, pids, samples, images, rewards, helds, run.lineage, run.rewards, run.nfe, run.started
         )
+
+
+def selected_pids(outcome: SearchOutcome, top_k: int) -> list[int]:
+    """The best first, then the next of `selected` up to top_k (the best alone when top_k is 1)."""
+    return [outcome.best, *[p for p in outcome.selected if p != outcome.best][: top_k - 1]]
+
+
+def build_result(
+    task: SearchTask,
+    outcome: SearchOutcome,
+    pids: Sequence[int],
+    samples: torch.Tensor,
+    images: torch.Tensor,
+    rewards: Sequence[float],
+    helds: Sequence[float] | None,
+    lineage: dict[int, Init | Expand],
+    search_rewards: dict[int, float],
+    nfe: int,
+    started: float,
+) -> TaskResult:
+    """A TaskResult for finalized particles `pids` (the best first); shared by every executor."""
+    selected = [
+        SelectedSample(
+            pid=pid,
+            sample=samples[i],
+            image=images[i],
+            reward=rewards[i],
+            held_out=helds[i] if helds is not None else None,
+            search_reward=outcome.reward if pid == outcome.best else search_rewards.get(pid, math.nan),
+            lineage=lineage_of(lineage, pid),
+        )
+        for i, pid in enumerate(pids)
+    ]
+    return TaskResult(
+        prompt=task.prompt,
+        outcome=outcome,
+        sample=samples[0],
+        image=images[0],
+        reward=rewards[0],
+        held_out=selected[0].held_out,
+        nfe=nfe,
+        lineage=selected[0].lineage,
+        seconds=time.perf_counter() - started,
+        extra={"selected": selected},
+    )

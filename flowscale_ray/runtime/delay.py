@@ -91,7 +91,7 @@ class DelayReplica:
     def export(self, key: Any, pids: Sequence[int]) -> list[tuple[int, None]]:
         return [(pid, None) for pid in pids]
 
-    def finalize(self, key: Any, pids: Sequence[int]) -> dict[str, Any]:
+    def finalize(self, key: Any, pids: Sequence[int], *adopt: Any) -> dict[str, Any]:
         rewards = [self._reward(key, pid) for pid in pids]
         return {"samples": [[r] for r in rewards], "images": [[r] for r in rewards], "rewards": rewards}
 

@@ -15,6 +15,7 @@ fails more than `max_restarts` times fails the run with a clear message.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -28,7 +29,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from flowscale_ray.core.dynamics import SamplerSpec
-from flowscale_ray.execution.inprocess import decision_seed, lineage_of
+from flowscale_ray.execution.inprocess import build_result, decision_seed, lineage_of, selected_pids
 from flowscale_ray.execution.tasks import SearchTask, TaskResult
 from flowscale_ray.runtime.messages import ComponentSpec, ParticleResult
 from flowscale_ray.runtime.placement import plan_batch
@@ -36,6 +37,18 @@ from flowscale_ray.runtime.replica import ReplicaWorker
 from flowscale_ray.search.protocol import Batch, Evaluation, Expand, Init, SearchContext, SearchGenerator
 
 log = logging.getLogger("flowscale_ray.runtime")
+
+
+def start_ray(address: str | None) -> bool:
+    """Connect to Ray: an existing cluster at `address` ('auto', 'ray://...', 'HOST:PORT'), or, with None, a
+    local Ray started in this process whose services listen on 127.0.0.1 only. Returns True if it started one."""
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, configure_logging=False)
+        return False
+    ray.init(address="local", include_dashboard=False, configure_logging=False, _node_ip_address="127.0.0.1")
+    return True
 
 
 class RuntimeFailure(RuntimeError):
@@ -71,6 +84,7 @@ class _Task:
     parts: set[int] = field(default_factory=set)  # replicas with outstanding parts of the current batch
     scoring: int = 0  # outstanding reward-actor calls for the current batch
     results: dict[int, ParticleResult] = field(default_factory=dict)
+    search_rewards: dict[int, float] = field(default_factory=dict)
     nfe: int = 0
     opened_on: set[int] = field(default_factory=set)
 
@@ -102,11 +116,14 @@ class RayExecutor:
         held_out: ComponentSpec | None = None,
         options: RuntimeOptions | None = None,
         worker: type = ReplicaWorker,
+        top_k: int = 1,
     ) -> None:
         """`worker` is the replica class (ReplicaWorker; DelayReplica stands in for GPUs in benchmarks)."""
         if not ray.is_initialized():
             raise RuntimeFailure("Ray is not initialised: call ray.init() (flowscale run does) first")
         self.options = opts = options or RuntimeOptions()
+        self.top_k = top_k
+        self._next_key = 0  # task keys are unique for the executor's life, across run() calls
         if opts.replicas < 1 or opts.in_flight < 1:
             raise ValueError("replicas and in_flight must be >= 1")
         self.sampler = sampler
@@ -125,6 +142,7 @@ class RayExecutor:
         )
         self.replicas = [self._cls.remote(*self._args) for _ in range(opts.replicas)]
         self.incarnations = self._wait_ready(range(opts.replicas))
+        self.model_id = self._model_id
         self.restarts = [0] * opts.replicas
         self.rewarders: list[Any] = []
         self.reward_restarts = [0] * opts.reward_actors
@@ -164,6 +182,7 @@ class RayExecutor:
             ) from None
         except (RayActorError, RayTaskError) as exc:
             raise RuntimeFailure(f"a model replica failed to start: {_cause(exc)}") from None
+        self._model_id = infos[0]["model"]
         return [i["incarnation"] for i in infos]
 
     def _wait_restarted(self, r: int) -> str:
@@ -196,9 +215,16 @@ class RayExecutor:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self, tasks: Iterable[SearchTask]) -> Iterator[TaskResult]:
-        """Yield one TaskResult per task, in completion order."""
-        pending = iter(enumerate(tasks))
+        """Yield one TaskResult per task, in completion order. If the caller stops early or an error
+        escapes, the unfinished tasks are closed on the replicas."""
         running: dict[int, _Task] = {}
+        try:
+            yield from self._loop(tasks, running)
+        finally:
+            self._abandon(running)
+
+    def _loop(self, tasks: Iterable[SearchTask], running: dict[int, _Task]) -> Iterator[TaskResult]:
+        pending = iter(tasks)
         ready: deque[int] = deque()  # tasks whose next batch waits to be planned
         queues: dict[int, list[_Queued]] = {r: [] for r in range(len(self.replicas))}
         releases: dict[int, dict[int, list[int]]] = {r: {} for r in range(len(self.replicas))}
@@ -216,11 +242,11 @@ class RayExecutor:
 
         while True:
             while not exhausted and len(running) < self.options.in_flight:
-                nxt = next(pending, None)
-                if nxt is None:
+                task = next(pending, None)
+                if task is None:
                     exhausted = True
                     break
-                key, task = nxt
+                key, self._next_key = self._next_key, self._next_key + 1
                 gen = task.method.search(self.context, decision_seed(task.effective_seed, task.prompt.id))
                 running[key] = _Task(key=key, task=task, gen=gen, batch=next(gen), started=time.perf_counter())
                 ready.append(key)
@@ -327,10 +353,21 @@ class RayExecutor:
                     if call.kind == "score_final":
                         value = {**call.value, **value}
                     t = running.pop(call.key)  # type: ignore[arg-type]
-                    yield self._result(t, value)
                     for r in t.opened_on:
                         self._closes.setdefault(r, []).append(t.key)
+                    result = self._result(t, value)
+                    yield result
             self._flush_closes(releases)
+
+    def _abandon(self, running: dict[int, _Task]) -> None:
+        """Close every unfinished task on the replicas (the generator was closed or an error escaped)."""
+        for t in running.values():
+            for r in t.opened_on:
+                self._closes.setdefault(r, []).append(t.key)
+        for r in list(self._closes):
+            keys = self._closes.pop(r)
+            with contextlib.suppress(Exception):  # a dead replica has nothing to close
+                self.replicas[r].close.remote(keys)
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _plan(self, t: _Task, queues: dict[int, list[_Queued]], loads: list[float]) -> None:
@@ -384,8 +421,10 @@ class RayExecutor:
         for req in (*batch.inits, *batch.expands):
             res = t.results[req.pid]
             t.nfe += res.nfe
+            t.search_rewards[req.pid] = res.reward
             evals[req.pid] = Evaluation(pid=req.pid, reward=res.reward, s=res.s, nfe=res.nfe)
         for pid in batch.release:
+            t.search_rewards.pop(pid, None)
             for r in t.holders.pop(pid, set()):
                 releases[r].setdefault(t.key, []).append(pid)
         t.results = {}
@@ -395,23 +434,37 @@ class RayExecutor:
         except StopIteration as stop:
             t.batch = None
             t.outcome = stop.value  # type: ignore[attr-defined]
-            holder = min(t.holders[t.outcome.best])  # type: ignore[attr-defined]
-            ref = self.replicas[holder].finalize.remote(t.key, [t.outcome.best])  # type: ignore[attr-defined]
-            return ref, _Call("finalize", holder, key=t.key, deadline=time.monotonic() + self.options.call_timeout_s)
+            return self._finalize(t)
+
+    def _finalize(self, t: _Task) -> tuple[Any, _Call]:
+        """Finalize the top-k selected particles, all on one replica (copies come along if needed)."""
+        pids = selected_pids(t.outcome, self.top_k)  # type: ignore[attr-defined]
+        holder = min(t.holders[pids[0]])
+        missing = [p for p in pids if holder not in t.holders.get(p, set())]
+        adopt = []
+        if missing:
+            by_src: dict[int, list[int]] = {}
+            for p in missing:
+                by_src.setdefault(min(t.holders[p]), []).append(p)
+            adopt = [self.replicas[src].export.remote(t.key, ps) for src, ps in by_src.items()]
+        ref = self.replicas[holder].finalize.remote(t.key, pids, *adopt)
+        return ref, _Call("finalize", holder, key=t.key, deadline=time.monotonic() + self.options.call_timeout_s)
 
     def _result(self, t: _Task, value: dict[str, Any]) -> TaskResult:
         outcome = t.outcome  # type: ignore[attr-defined]
-        held = value.get("held_out")
-        return TaskResult(
-            prompt=t.task.prompt,
-            outcome=outcome,
-            sample=value["samples"][0],
-            image=value["images"][0],
-            reward=value["rewards"][0],
-            held_out=held[0] if held is not None else None,
-            nfe=t.nfe,
-            lineage=lineage_of(t.lineage, outcome.best),
-            seconds=time.perf_counter() - t.started,
+        pids = selected_pids(outcome, self.top_k)
+        return build_result(
+            t.task,
+            outcome,
+            pids,
+            value["samples"],
+            value["images"],
+            value["rewards"],
+            value.get("held_out"),
+            t.lineage,
+            t.search_rewards,
+            t.nfe,
+            t.started,
         )
 
     def _flush_closes(self, releases: dict[int, dict[int, list[int]]]) -> None:
@@ -492,12 +545,8 @@ class RayExecutor:
             if c.kind == "run":
                 queues[r] = c.items + queues[r]
             else:
-                t = running[c.key]  # type: ignore[index]
-                holder = min(t.holders[t.outcome.best])  # type: ignore[attr-defined]
-                ref = self.replicas[holder].finalize.remote(t.key, [t.outcome.best])  # type: ignore[attr-defined]
-                calls[ref] = _Call(
-                    "finalize", holder, key=t.key, deadline=time.monotonic() + self.options.call_timeout_s
-                )
+                ref, new_call = self._finalize(running[c.key])  # type: ignore[index]
+                calls[ref] = new_call
 
     def _replay(self, t: _Task, r: int, pids: list[int]) -> None:
         needed: dict[int, Init | Expand] = {}

@@ -152,7 +152,9 @@ class ReplicaWorker:
     def export(self, key: Any, pids: Sequence[int]) -> list[tuple[int, Particle]]:
         return self.engine.export(key, pids)
 
-    def finalize(self, key: Any, pids: Sequence[int]) -> dict[str, Any]:
+    def finalize(self, key: Any, pids: Sequence[int], *adopt: list[tuple[int, Particle]]) -> dict[str, Any]:
+        for states in adopt:
+            self.engine.adopt(key, states)
         samples, images = self.engine.finalize(key, pids)
         prompt = self.prompts[key]
         out: dict[str, Any] = {"samples": samples, "images": images}
