@@ -78,12 +78,19 @@ class CountNet(nn.Module):
         nn.init.zeros_(self.density.bias)
         self.log_width = nn.Parameter(torch.full((cfg.classes,), math.log(0.5)))
 
+    def density_map(self, images: Tensor) -> Tensor:
+        """Density [B, classes, 8, 8]: about 1 in the cell holding an object's centre."""
+        return self.density(self.features(images * 2.0 - 1.0))
+
     def expected_counts(self, images: Tensor) -> Tensor:
         """c [B, classes]: the summed density."""
-        return self.density(self.features(images * 2.0 - 1.0)).sum(dim=(2, 3))
+        return self.density_map(images).sum(dim=(2, 3))
 
     def forward(self, images: Tensor) -> Tensor:
-        c = self.expected_counts(images)
+        return self.count_logits(self.expected_counts(images))
+
+    def count_logits(self, c: Tensor) -> Tensor:
+        """Logits [B, classes, max_count + 1] of the discretised Gaussian around counts c [B, classes]."""
         k = torch.arange(self.cfg.max_count + 1, dtype=c.dtype, device=c.device)
         width = self.log_width.exp()[None, :, None]
         return -((k - c[..., None]) ** 2) / (2.0 * width**2)

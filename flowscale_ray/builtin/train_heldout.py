@@ -4,7 +4,8 @@ Data: procedural images, half drawn like the flow model's training data (prompt 
 included: this network judges, it does not generate) and half with a random number (0..8) of objects of
 random classes, so that it also learns blank images and same-colour mixes of shapes. Each image is degraded
 at random (blur, colour scaling, Gaussian noise) so the counter copes with imperfect generated samples.
-Loss: cross-entropy of each class's count (0..8). The defaults write the shipped
+Loss: cross-entropy of each class's count (0..8) plus the squared error of the density map against the
+objects' centre cells (the positions are known, so the density is supervised directly). The defaults write the shipped
 `flowscale_ray/assets/shapes_counter.safetensors`.
 """
 
@@ -25,6 +26,8 @@ from torch import Tensor
 from flowscale_ray.builtin import shapes
 from flowscale_ray.builtin.heldout import DEFAULT_COUNTER_WEIGHTS, CounterConfig, CountNet, save_counter
 
+GRID_CELL = 4  # pixels per cell of the counter's 8x8 density grid
+
 
 def random_layout(rng: np.random.Generator) -> list[shapes.Group]:
     """0..MAX_TOTAL objects of uniformly random classes."""
@@ -33,15 +36,23 @@ def random_layout(rng: np.random.Generator) -> list[shapes.Group]:
     return [shapes.Group(int(c), *shapes.CLASSES[i]) for i, c in enumerate(counts) if c > 0]
 
 
-def make_batch(batch: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
-    """Clean images [B, 3, 32, 32] and their class counts [B, 8]."""
+def make_batch(batch: int, rng: np.random.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Clean images [B, 3, 32, 32], their class counts [B, 8] and object-centre maps [B, 8, 8, 8].
+
+    The centre map has a 1 in the 4x4-pixel cell holding each object's centre, in its class's channel.
+    """
     images = np.empty((batch, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE, 3), dtype=np.float32)
     counts = torch.zeros(batch, shapes.NUM_CLASSES, dtype=torch.int64)
+    grid = shapes.IMAGE_SIZE // GRID_CELL
+    centres = torch.zeros(batch, shapes.NUM_CLASSES, grid, grid)
     for i in range(batch):
         groups = shapes.sample_groups(rng) if rng.random() < 0.5 else random_layout(rng)
-        images[i], _ = shapes.render(groups, rng)
+        images[i], placed = shapes.render(groups, rng)
         counts[i] = shapes.counts_vector(groups)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), counts
+        for cls, r, c in placed:
+            half = shapes.OBJECT_BOX // 2
+            centres[i, cls, (r + half) // GRID_CELL, (c + half) // GRID_CELL] += 1.0
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), counts, centres
 
 
 def degrade(images: Tensor, gen: torch.Generator) -> Tensor:
@@ -78,9 +89,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     running = 0.0
     for step in range(args.steps):
-        images, counts = make_batch(args.batch, rng)
-        logits = net(degrade(images, gen))
+        images, counts, centres = make_batch(args.batch, rng)
+        density = net.density_map(degrade(images, gen))
+        logits = net.count_logits(density.sum(dim=(2, 3)))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), counts.reshape(-1))
+        loss = loss + F.mse_loss(density, centres, reduction="sum") / args.batch
         lr = args.lr * 0.5 * (1.0 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -96,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     net.eval()
     vrng, vgen = np.random.default_rng(10_000 + args.seed), torch.Generator().manual_seed(10_001 + args.seed)
-    images, counts = make_batch(512, vrng)
+    images, counts, _ = make_batch(512, vrng)
     with torch.no_grad():
         clean = (net(images).argmax(-1) == counts).all(-1).float().mean().item()
         noisy = (net(degrade(images, vgen)).argmax(-1) == counts).all(-1).float().mean().item()
