@@ -12,7 +12,11 @@ trained with 10% of conditions dropped, and `guidance` != 1 mixes v_null + g (v_
 
 The network is a small UNet: pixel-unshuffle to [12, 16, 16], residual blocks with adaptive group norm
 driven by time + prompt embeddings at 16x16 / 8x8 / 4x4, self-attention at 8x8 and 4x4, pixel-shuffle
-back to [3, 32, 32]. Weights are loaded from safetensors only.
+back to [3, 32, 32]. Weights are loaded from safetensors only (stored as float16, run in float32).
+
+Capability of the shipped weights (`python -m flowscale_ray.builtin.model --samples 4`): plain 10-step ODE
+sampling on the sqrt grid gets every count exactly right for 19% of 64 evaluation prompts x 4 seeds (50% on
+one-group prompts, 12% on two-group prompts); counts are usually off by one.
 """
 
 from __future__ import annotations

@@ -8,8 +8,11 @@ moving average of the weights, which is what gets saved (safetensors, config and
 header metadata). Everything random is drawn from generators seeded by --seed, so a run is reproducible
 on the same machine with the same --threads (thread count can change float rounding).
 
-The defaults produce the shipped weights `flowscale_ray/assets/shapes_flow.safetensors`; `--steps 3
---out /tmp/x.safetensors` is a smoke test.
+The defaults produce the shipped weights `flowscale_ray/assets/shapes_flow.safetensors` (3000 steps on one
+thread: about 0.55 s a step on this 2-core machine with the other core busy, ~28 minutes). `--guidance`
+only sets the default guidance stored with the weights; 2.0 was chosen on 64 *training* prompts (exact-count
+accuracy 0.20 / 0.31 / 0.33 / 0.29 / 0.21 for guidance 1 / 1.5 / 2 / 3 / 4), not on the evaluation set.
+`--steps 3 --out /tmp/x.safetensors` is a smoke test.
 """
 
 from __future__ import annotations
