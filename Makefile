@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
+	rm -rf results/demo results/demo-base  # a finished run is never redone: start the demo afresh
 	$(VENV)/bin/flowscale run jobs/demo.yaml
 
 test: $(STAMP)

@@ -108,9 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 state = "complete" if writer.completed_manifest() is not None else "resumes the run there"
             print(f"  output  {writer.root} ({writer.num_shards} shards of {job.output.shard_size} prompts): {state}")
             return 0
-        from flowscale_ray.job import run_job
+        from flowscale_ray.job import run_with_baselines
 
-        run_job(job, base_dir=Path(args.job).resolve().parent)
+        run_with_baselines(job, base_dir=Path(args.job).resolve().parent)
         return 0
     except ConfigError as exc:
         msg = str(exc)

@@ -310,6 +310,7 @@ class JobConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    compare_with: tuple[MethodConfig, ...] = ()  # baselines run on the same prompts, reported side by side
 
     @property
     def run_id(self) -> str:
@@ -370,6 +371,17 @@ def load_job(data: Any, source: str = "job") -> JobConfig:
         raise ConfigError("method", "required")
     method = _load_method(data.pop("method"))
     sampler = _load_sampler(data.pop("sampler", None))
+    compare = data.pop("compare_with", None) or []
+    if not isinstance(compare, list):
+        raise ConfigError("compare_with", f"expected a list of methods, e.g. [{{name: base}}], got {compare!r}")
+    baselines = []
+    for i, item in enumerate(compare):
+        try:
+            baselines.append(_load_method(item))
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.where.replace("method", f"compare_with[{i}]", 1), str(exc).split(": ", 1)[1]
+            ) from None
     for key in data:
         if key not in _JOB_KEYS:
             raise ConfigError(str(key), f"unknown key; allowed: {', '.join(_JOB_KEYS)}")
@@ -402,6 +414,7 @@ def load_job(data: Any, source: str = "job") -> JobConfig:
         executor=rest.executor,
         output=rest.output,
         storage=rest.storage,
+        compare_with=tuple(baselines),
     )
 
 
@@ -430,6 +443,7 @@ _JOB_KEYS = (
     "executor",
     "output",
     "storage",
+    "compare_with",
 )
 
 

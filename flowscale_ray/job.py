@@ -9,6 +9,7 @@ that directory is refused (ask for a new run id).
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections import deque
@@ -282,6 +283,82 @@ def _run(job, prompts, writer, uri, method, executor, model_id, reward_name, log
         f"{counts['rows']} rows in {counts['shards']} shards: {uri}"
     )
     return RunReport(job.run_id, uri, len(prompts), len(todo), manifest, elapsed, nfe, failed, preview)
+
+
+def run_with_baselines(
+    job: JobConfig, base_dir: Path | None = None, log: Callable[[str], None] = print
+) -> list[RunReport]:
+    """Run the job's `compare_with` baselines (each as run `<run_id>-<method>` on the same prompts and seeds),
+    then the job itself, and print them side by side; a local output also gets `compare.png` (one row of
+    samples per method). Returns the reports, the job's own last."""
+    reports = []
+    for b in job.compare_with:
+        sub = dataclasses.replace(
+            job, method=b, compare_with=(), output=dataclasses.replace(job.output, run_id=f"{job.run_id}-{b.name}")
+        )
+        log(f"--- baseline {b.name} ---")
+        reports.append(run_job(sub, base_dir, log))
+    if job.compare_with:
+        log(f"--- {job.method.name} ---")
+    reports.append(run_job(job, base_dir, log))
+    if job.compare_with:
+        names = [b.name for b in job.compare_with] + [job.method.name]
+        reward = _build("reward", build_reward, job.reward.name, job.reward.options)
+        log(comparison_table(names, reports, reward))
+        root = Path(job.output.dir)
+        if "://" not in job.output.dir and all(r.preview for r in reports):
+            from flowscale_ray.images import contact_sheet, save_png
+
+            cols = len(reports[-1].preview)
+            images = [res.image for r in reports for res in sorted(r.preview, key=lambda x: x.prompt.id)[:cols]]
+            if images and images[0].ndim == 3 and images[0].shape[0] in (1, 3):
+                path = root / job.run_id / "compare.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_png(contact_sheet(images, columns=cols), path, scale=3)
+                log(f"contact sheet (one row per method: {', '.join(names)}): {path}")
+    return reports
+
+
+def comparison_table(names: list[str], reports: list[RunReport], reward: Reward) -> str:
+    """Prompt by prompt: what each method produced (the reward's own description when it has one, e.g. the
+    counts found), its reward, whether it is exact (when the reward defines accuracy) and its NFE."""
+    by_method = [{res.prompt.id: res for res in r.preview} for r in reports]
+    ids = sorted(by_method[-1])
+    describe = getattr(reward, "describe", None)
+    accuracy = getattr(reward, "accuracy", None)
+    rows = [["prompt", *[f"{n}: {'found' if describe else 'reward'}" for n in names]]]
+    if describe:
+        rows[0] += [f"{n}: reward" for n in names]
+    if accuracy:
+        rows[0] += [f"{n}: exact" for n in names]
+    rows[0] += [f"{n}: NFE" for n in names]
+    totals = {n: [0.0, 0.0] for n in names}
+    for pid in ids:
+        results = [m.get(pid) for m in by_method]
+        if any(r is None for r in results):
+            continue
+        prompt = results[-1].prompt
+        row = [prompt.text]
+        if describe:
+            row += [describe(r.image[None], [prompt])[0] for r in results]
+        row += [f"{r.reward:.3g}" for r in results]
+        if accuracy:
+            exact = [float(accuracy(r.image[None], [prompt])[0]) for r in results]
+            row += ["yes" if e else "no" for e in exact]
+            for n, e in zip(names, exact, strict=True):
+                totals[n][1] += e
+        row += [str(r.nfe) for r in results]
+        for n, r in zip(names, results, strict=True):
+            totals[n][0] += r.reward
+        rows.append(row)
+    n_rows = max(1, len(rows) - 1)
+    summary = "; ".join(
+        f"{n}: mean reward {t[0] / n_rows:.3g}" + (f", accuracy {t[1] / n_rows:.2f}" if accuracy else "")
+        for n, t in totals.items()
+    )
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], summary])
 
 
 def run_prompts(

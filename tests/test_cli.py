@@ -147,3 +147,14 @@ def test_executor_errors(tmp_path, capsys, executor, message):
     path = write(tmp_path, with_(executor=executor))
     assert main(["validate", str(path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_compare_with_runs_baselines_side_by_side(tmp_path, capsys):
+    doc = with_(compare_with=[{"name": "base"}], output={"dir": str(tmp_path / "out")})
+    assert main(["run", str(write(tmp_path, doc))]) == 0
+    out = capsys.readouterr().out
+    assert "base: reward" in out and "svdd: reward" in out and "base: NFE" in out
+    assert (tmp_path / "out" / "t-base" / "_SUCCESS").exists() and (tmp_path / "out" / "t" / "_SUCCESS").exists()
+    bad = with_(compare_with=[{"name": "beam"}])
+    assert main(["validate", str(write(tmp_path, bad, "bad.yaml"))]) == 2
+    assert "compare_with[0].name: unknown method 'beam'" in capsys.readouterr().err

@@ -204,6 +204,14 @@ class CountingReward(Reward):
     def __call__(self, samples: Tensor, prompts: Sequence[Prompt | str]) -> Tensor:
         return self.scores(samples, prompts)[0]
 
+    def describe(self, samples: Tensor, prompts: Sequence[Prompt | str]) -> list[str]:
+        """What was counted in each sample, in words ("2 blue square, 4 yellow circle"), for tables."""
+        _, _, counts = self.scores(samples, prompts)
+        return [
+            ", ".join(f"{int(c)} {shapes.class_name(j)}" for j, c in enumerate(row.tolist()) if c > 0) or "nothing"
+            for row in counts
+        ]
+
     def accuracy(self, samples: Tensor, prompts: Sequence[Prompt | str]) -> Tensor:
         """1.0 where every scored class has exactly the requested count, else 0.0; [B]."""
         return self.scores(samples, prompts)[1]
