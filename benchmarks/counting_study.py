@@ -4,7 +4,7 @@ Given reward: the counting reward (-sum of squared count errors); accuracy: ever
 CNN count predictor (never optimised). Prompts: the fixed evaluation set (`shapes.evaluation_prompts()`),
 never used in training. Every configuration sees the same prompts and seeds.
 
-    .venv/bin/python -m benchmarks.counting_study            # full study (long: tens of minutes on 2 cores)
+    .venv/bin/python -m benchmarks.counting_study            # 50 prompts, both parts (about an hour on 2 cores)
     .venv/bin/python -m benchmarks.counting_study --prompts 4 --part table1   # a quick look
 
 Writes benchmarks/results/counting_study.{json,csv,md} and counting_study.png.
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, machine, save
+from benchmarks.common import RESULTS, save
 from flowscale_ray.builtin import counting, shapes
 from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
 from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
@@ -29,14 +29,16 @@ from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import build_reward
 from flowscale_ray.search import METHODS
 
+# The decisive rows first (base, RBF VP-SDE, BoN): results are saved after every configuration.
 TABLE1: list[tuple[str, dict[str, Any], list[str]]] = [
     ("base", {}, ["linear-ode", "linear-sde", "vp-sde"]),
+    ("rbf", {}, ["vp-sde"]),
     ("bon", {"n": 50}, ["linear-ode", "vp-sde"]),
     ("sop", {"substeps": 11}, ["linear-ode"]),
     ("smc", {}, ["linear-ode", "linear-sde", "vp-sde"]),
     ("code", {}, ["linear-ode", "linear-sde", "vp-sde"]),
     ("svdd", {}, ["linear-ode", "linear-sde", "vp-sde"]),
-    ("rbf", {}, ["linear-ode", "linear-sde", "vp-sde"]),
+    ("rbf", {}, ["linear-ode", "linear-sde"]),
 ]
 BUDGETS = [50, 100, 300, 500, 1000]
 
@@ -95,7 +97,7 @@ def plot(rows: list[dict[str, Any]], path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=0, help="use the first N evaluation prompts (0: all)")
+    ap.add_argument("--prompts", type=int, default=50, help="use the first N evaluation prompts (0: all 64)")
     ap.add_argument("--part", choices=["table1", "scaling", "all"], default="all")
     args = ap.parse_args()
     texts = list(shapes.evaluation_prompts())
@@ -111,20 +113,39 @@ def main() -> None:
     if args.part in ("table1", "all"):
         configs += [("table1", m, s, p) for m, s, presets in TABLE1 for p in presets]
     if args.part in ("scaling", "all"):
-        configs += [("scaling", "bon", {"n": b // 10}, "linear-ode") for b in BUDGETS]
         configs += [("scaling", "rbf", {"nfe_budget": b}, "vp-sde") for b in BUDGETS]
+        configs += [("scaling", "bon", {"n": b // 10}, "linear-ode") for b in BUDGETS]
     for part, name, settings, preset in configs:
-        row = run_config(model, reward, held, prompts, name, settings, preset)
-        images = row.pop("images")
-        if part == "table1" and (name, preset) in (("base", "linear-ode"), ("rbf", "vp-sde")):
-            sheets[f"{name}-{preset}"] = images[:16]
-        row["part"] = part
+        reuse = _same_as_table1(rows, name, settings, preset) if part == "scaling" else None
+        if reuse is not None:
+            row = {**reuse, "part": "scaling"}
+        else:
+            row = run_config(model, reward, held, prompts, name, settings, preset)
+            images = row.pop("images")
+            if part == "table1" and (name, preset) in (("base", "linear-ode"), ("rbf", "vp-sde")):
+                sheets[f"{name}-{preset}"] = images[:16]
+            row["part"] = part
         rows.append(row)
         print(
             f"{part:<8} {name:<5} {preset:<10} NFE {row['nfe']:6.0f}  reward {row['reward']:7.3f}  "
             f"acc {row['accuracy']:.3f}  held-out {row['held_out']:7.3f}  ({row['seconds']:.0f}s)",
             flush=True,
         )
+        write_outputs(rows, prompts, sheets)
+
+
+def _same_as_table1(rows: list[dict[str, Any]], name: str, settings: dict[str, Any], preset: str) -> dict | None:
+    """A scaling point that Table 1 already measured (BoN n=50 L.O., RBF 500 NFE V.S.)."""
+    defaults = {"bon": {"n": 50}, "rbf": {"nfe_budget": 500}}
+    if settings != defaults.get(name):
+        return None
+    for r in rows:
+        if r["part"] == "table1" and r["method"] == name and r["sampler"] == preset:
+            return r
+    return None
+
+
+def write_outputs(rows: list[dict[str, Any]], prompts: list[Prompt], sheets: dict[str, torch.Tensor]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with (RESULTS / "counting_study.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "settings"] + ["settings"])
@@ -134,43 +155,37 @@ def main() -> None:
     md = [f"Built-in counting task, {len(prompts)} evaluation prompts, seed 0; mean ± standard error.", ""]
     if any(r["part"] == "table1" for r in rows):
         md += ["| method | sampler | NFE | given reward (-RSS) | accuracy | held-out |", "|---|---|---|---|---|---|"]
-        for r in rows:
-            if r["part"] == "table1":
-                md.append(
-                    f"| {r['method']} | {r['sampler']} | {r['nfe']:.0f} | {r['reward']:.3f} ± {r['reward_se']:.3f} "
-                    f"| {r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | {r['held_out']:.3f} ± {r['held_out_se']:.3f} |"
-                )
-    if any(r["part"] == "scaling" for r in rows):
+        order = {(m, p): i for i, (m, _, ps) in enumerate(TABLE1) for p in ps}
+        for r in sorted(
+            (r for r in rows if r["part"] == "table1"),
+            key=lambda r: (r["method"] != "base", order.get((r["method"], r["sampler"]), 0), r["sampler"]),
+        ):
+            md.append(
+                f"| {r['method']} | {r['sampler']} | {r['nfe']:.0f} | {r['reward']:.3f} ± {r['reward_se']:.3f} "
+                f"| {r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | {r['held_out']:.3f} ± {r['held_out_se']:.3f} |"
+            )
+    scaling = [r for r in rows if r["part"] == "scaling"]
+    if scaling:
         md += [
             "",
             "| NFE | BoN reward | BoN accuracy | BoN held-out | RBF reward | RBF accuracy | RBF held-out |",
             "|---|---|---|---|---|---|---|",
         ]
         for b in BUDGETS:
-            bon = next(
-                (r for r in rows if r["part"] == "scaling" and r["method"] == "bon" and r["settings"]["n"] == b // 10),
-                None,
+            bon = next((r for r in scaling if r["method"] == "bon" and r["settings"].get("n") == b // 10), None)
+            rbf = next((r for r in scaling if r["method"] == "rbf" and r["settings"].get("nfe_budget") == b), None)
+            cell = lambda r, k: f"{r[k]:.3f}" if r else "-"  # noqa: E731
+            md.append(
+                f"| {b} | {cell(bon, 'reward')} | {cell(bon, 'accuracy')} | {cell(bon, 'held_out')} | "
+                f"{cell(rbf, 'reward')} | {cell(rbf, 'accuracy')} | {cell(rbf, 'held_out')} |"
             )
-            rbf = next(
-                (
-                    r
-                    for r in rows
-                    if r["part"] == "scaling" and r["method"] == "rbf" and r["settings"]["nfe_budget"] == b
-                ),
-                None,
-            )
-            if bon and rbf:
-                md.append(
-                    f"| {b} | {bon['reward']:.3f} | {bon['accuracy']:.3f} | {bon['held_out']:.3f} | "
-                    f"{rbf['reward']:.3f} | {rbf['accuracy']:.3f} | {rbf['held_out']:.3f} |"
-                )
         plot(rows, RESULTS / "counting_study.png")
     if sheets:
         from flowscale_ray.images import contact_sheet, save_png
 
         for name, imgs in sheets.items():
             save_png(contact_sheet(list(imgs), columns=8), RESULTS / f"counting_{name}.png", scale=3)
-    save("counting_study", {"machine": machine(), "rows": rows}, "\n".join(md))
+    save("counting_study", {"prompts": len(prompts), "rows": rows}, "\n".join(md))
 
 
 if __name__ == "__main__":
