@@ -4,6 +4,8 @@
     flowscale validate JOB.yaml [--set ...]              check a job file and print what it would run
     flowscale methods                                    list the search methods and their settings
     flowscale inspect URI [--top N] [--sheet PNG]        counts, rewards and the best samples of a run
+    flowscale report URI [--out FILE]                    an HTML/Markdown report with plots of a finished run
+    flowscale bench [--address ADDR] [...]               overhead and scaling benchmark of a Ray cluster
 
 Bad input exits with code 2 and one line on stderr naming the field and what is allowed.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -65,7 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     ip.add_argument("--sheet", metavar="PNG", help="contact sheet path (default: <run_id>-best.png here)")
     ip.add_argument("--no-sheet", action="store_true", help="do not write a contact sheet")
     ip.add_argument("--job", metavar="JOB", help="take the storage settings (S3 endpoint, ...) from this job file")
+    for name, (module, help_text) in _MODULE_COMMANDS.items():
+        # Each module owns its arguments: configure_parser(parser) and run(args) -> exit code.
+        importlib.import_module(module).configure_parser(sub.add_parser(name, help=help_text, description=help_text))
     return p
+
+
+# Commands implemented in their own modules (kept light to import: heavy imports happen inside run()).
+_MODULE_COMMANDS = {
+    "report": ("flowscale_ray.observe.report", "Write a self-contained HTML (or Markdown) report with plots of a run."),
+    "bench": ("flowscale_ray.bench", "Benchmark the runtime's overhead and scaling on a Ray cluster; JSON report."),
+}
 
 
 def _error(message: str) -> int:
@@ -84,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "inspect":
         return _inspect(args)
+    if args.command in _MODULE_COMMANDS:
+        return importlib.import_module(_MODULE_COMMANDS[args.command][0]).run(args)
     job_path = args.job
     try:
         overrides = list(args.overrides)

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, progress display and run reports."""
