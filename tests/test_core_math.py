@@ -144,6 +144,26 @@ def test_time_grids_are_monotone():
         time_grid("cosine", 10)
 
 
+def test_shifted_grid_closed_form():
+    # shift s -> a s / (1 + (a - 1) s) equals the exponential time shift exp(mu) / (exp(mu) + 1/s - 1), a = e^mu.
+    mu = 0.4675
+    grid = time_grid("uniform", 4, shift=math.exp(mu))
+    for k, s in enumerate(grid):
+        t = 1.0 - k / 4
+        expected = 0.0 if t == 0 else math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0))
+        assert s == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert time_grid("uniform", 2, shift=3.0) == pytest.approx((1.0, 0.75, 0.0))  # SD3: 3 * 0.5 / 2
+    assert time_grid("sqrt", 7, shift=1.0) == time_grid("sqrt", 7)
+    assert all(a > b for a, b in itertools.pairwise(time_grid("sqrt", 10, shift=0.3)))
+    with pytest.raises(ValueError, match="shift"):
+        time_grid("uniform", 4, shift=0.0)
+    from flowscale_ray.core.dynamics import SamplerSpec
+
+    assert SamplerSpec(grid="uniform", steps=2, shift=3.0).grid_times() == pytest.approx((1.0, 0.75, 0.0))
+    with pytest.raises(ValueError, match=r"sampler\.shift"):
+        SamplerSpec(shift=-1.0)
+
+
 def test_diffusion_schedules():
     vp = VPInterpolant()
     s = torch.tensor([0.0, 0.5, 1.0], dtype=F64)

@@ -54,6 +54,7 @@ class SamplerSpec:
     steps: int = 10
     grid: str = "sqrt"
     final_step: str = "denoise"
+    shift: float = 1.0  # timestep shift applied to the grid (timegrid.shift_time); SD3 3.0, FLUX.1-dev exp(mu)
 
     def __post_init__(self) -> None:
         if self.interpolant not in INTERPOLANTS:
@@ -68,6 +69,8 @@ class SamplerSpec:
             raise ValueError(f"sampler.final_step: unknown {self.final_step!r}; allowed: {', '.join(FINAL_STEPS)}")
         if self.steps < 2:
             raise ValueError(f"sampler.steps: must be >= 2, got {self.steps}")
+        if not (isinstance(self.shift, int | float) and 0 < self.shift < float("inf")):
+            raise ValueError(f"sampler.shift: must be a finite number > 0, got {self.shift!r}")
         if self.diffusion_norm < 0:
             raise ValueError(f"sampler.diffusion_norm: must be >= 0, got {self.diffusion_norm}")
 
@@ -76,7 +79,7 @@ class SamplerSpec:
         return f"{self.interpolant}-{'sde' if self.sde else 'ode'}"
 
     def grid_times(self) -> tuple[float, ...]:
-        return time_grid(self.grid, self.steps)
+        return time_grid(self.grid, self.steps, self.shift)
 
 
 class Dynamics:

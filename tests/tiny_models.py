@@ -1,0 +1,196 @@
+"""Tiny random-initialised stand-ins for the production models, built in code (nothing is downloaded).
+
+Each builder returns an object of the real class (FluxPipeline, StableDiffusion3Pipeline, CLIPModel,
+GroundingDinoForObjectDetection) with a few thousand parameters, in eval mode, seeded so that two builds
+are identical; `save_*` writes it with `save_pretrained` (safetensors) into a folder that our adapters
+then load exactly like a real checkpoint. Tokenizers are built from a character vocabulary.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+
+CHARS = string.ascii_lowercase + string.digits
+
+
+def clip_tokenizer(max_length: int = 77):
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in CHARS:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def t5_tokenizer():
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + c, -1.0) for c in CHARS] + [(c, -2.0) for c in CHARS]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def clip_text_config(with_projection: bool = False):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=2 + 2 * len(CHARS),
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_act="gelu",
+    )
+
+
+def t5_encoder():
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(
+        vocab_size=3 + 2 * len(CHARS),
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    return T5EncoderModel(cfg).eval()
+
+
+def vae(latent_channels: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=1.5,
+        shift_factor=0.1,
+    ).eval()
+
+
+def flux_pipeline(guidance_embeds: bool = True, seed: int = 0):
+    """A FluxPipeline (FLUX.1-dev layout: guidance embedding, dynamic resolution shift) of tiny size."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=guidance_embeds,
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae(latent_channels=1),
+        text_encoder=CLIPTextModel(clip_text_config()).eval(),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=t5_encoder(),
+        tokenizer_2=t5_tokenizer(),
+        transformer=transformer,
+    )
+
+
+def sd3_pipeline(seed: int = 0, shift: float = 3.0):
+    """A StableDiffusion3Pipeline (two CLIP encoders with projection + T5) of tiny size."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=32,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
+    ).eval()
+    return StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+        vae=vae(latent_channels=4),
+        text_encoder=CLIPTextModelWithProjection(clip_text_config()).eval(),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(clip_text_config()).eval(),
+        tokenizer_2=clip_tokenizer(),
+        text_encoder_3=t5_encoder(),
+        tokenizer_3=t5_tokenizer(),
+        transformer=transformer,
+    )
+
+
+def clip_model(seed: int = 0, image_size: int = 32, projection_dim: int = 16):
+    """(CLIPModel, CLIPProcessor) of tiny size; the processor resizes any image to `image_size`."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+
+    torch.manual_seed(seed)
+    text = clip_text_config().to_dict()
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=image_size,
+        patch_size=8,
+        projection_dim=projection_dim,
+    ).to_dict()
+    text["projection_dim"] = projection_dim
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)).eval()
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return model, CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer())
+
+
+def save_flux(folder: Path, **kwargs) -> Path:
+    flux_pipeline(**kwargs).save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def save_sd3(folder: Path, **kwargs) -> Path:
+    sd3_pipeline(**kwargs).save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def save_clip(folder: Path, **kwargs) -> Path:
+    model, processor = clip_model(**kwargs)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    processor.save_pretrained(str(folder))
+    return folder
