@@ -13,10 +13,15 @@ Bad input exits with code 2 and one line on stderr naming the field and what is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
+import os
+import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -100,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in _MODULE_COMMANDS:
         return importlib.import_module(_MODULE_COMMANDS[args.command][0]).run(args)
     job_path = args.job
+    stop: _StopOnSigterm | None = None
     try:
         overrides = list(args.overrides)
         if getattr(args, "run_id", None) is not None:
@@ -107,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "address", None) is not None:
             overrides += ["executor.kind=ray", f"executor.address={json.dumps(args.address)}"]
         job = read_job_file(args.job, overrides)
+        if job.output.run_id is None:  # neither --run-id nor output.run_id: inside a Ray job, its submission id
+            job = _with_submission_run_id(job)
         if args.command == "validate":
             from flowscale_ray.job import build_components, load_prompts
 
@@ -125,12 +133,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from flowscale_ray.job import run_with_baselines
 
-        run_with_baselines(job, base_dir=Path(args.job).resolve().parent)
+        with _StopOnSigterm() as stop:
+            run_with_baselines(job, base_dir=Path(args.job).resolve().parent)
         return 0
     except ConfigError as exc:
         msg = str(exc)
         return _error(msg if msg.startswith(f"{job_path}:") else f"{job_path}: {msg}")
     except KeyboardInterrupt:
+        if stop is not None and stop.signum is not None:
+            print(
+                f"flowscale: error: {job_path}: stopped by {signal.Signals(stop.signum).name}; committed shards are "
+                "kept: run the job again with the same run id to resume",
+                file=sys.stderr,
+            )
+            return 128 + stop.signum
         return _error("interrupted")
     except (OSError, RuntimeError) as exc:  # storage failing after its retries, a broken model: resumable
         from flowscale_ray.io.storage import Redactor
@@ -139,6 +155,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = Redactor.for_storage(job.storage)(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
         print(f"flowscale: error: {job_path}: {message}", file=sys.stderr)
         return 1
+
+
+# Inside a Ray job the entrypoint learns its submission id only from the job config Ray passes it as JSON
+# (ray/dashboard/modules/job/job_supervisor.py: RAY_JOB_CONFIG_JSON_ENV_VAR, metadata.job_submission_id).
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+GENERATED_SUBMISSION_PREFIX = "raysubmit_"  # ids Ray makes up when --submission-id is not given
+RETRY_SUFFIX = re.compile(r"-retry\d+$")  # `NAME-retry2` resumes run NAME (Ray refuses a submission id twice)
+
+
+def ray_submission_id() -> str | None:
+    """The submission id of the Ray job whose entrypoint this process is, else None."""
+    raw = os.environ.get(RAY_JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        metadata = json.loads(raw).get("metadata") or {}
+    except (ValueError, AttributeError):
+        return None
+    sid = metadata.get("job_submission_id") if isinstance(metadata, dict) else None
+    return sid if isinstance(sid, str) and sid else None
+
+
+def run_id_for_submission(submission_id: str) -> str | None:
+    """The run id a submission id names: the id without a `-retryN` suffix; None for an id Ray generated (a new
+    one every time, so it would never resume: the job name is the run id then)."""
+    if submission_id.startswith(GENERATED_SUBMISSION_PREFIX):
+        return None
+    return RETRY_SUFFIX.sub("", submission_id) or submission_id
+
+
+def _with_submission_run_id(job):
+    sid = ray_submission_id()
+    run_id = run_id_for_submission(sid) if sid else None
+    if sid and run_id is None:
+        print(f"flowscale: Ray generated submission id {sid}; run id {job.run_id} (the job name)", file=sys.stderr)
+    if run_id is None:
+        return job
+    try:
+        output = dataclasses.replace(job.output, run_id=run_id)
+    except ValueError as exc:
+        raise ConfigError(
+            "--submission-id", f"{sid!r} cannot name a run ({exc}); pass --run-id ID to flowscale run"
+        ) from None
+    print(f"flowscale: run id {run_id} from the Ray submission id {sid}", file=sys.stderr)
+    return dataclasses.replace(job, output=output)
+
+
+class _StopOnSigterm(contextlib.AbstractContextManager):
+    """SIGTERM (`ray job stop`, `kill`, a pod being evicted) becomes KeyboardInterrupt: the one exception that
+    Ray's blocking calls let through at once (a different one surfaces only when the call returns). The run
+    unwinds: replicas are killed, a Ray started here is shut down, and the shards already committed stay (the
+    writer publishes whole shards only). Later signals are ignored while that cleanup runs."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return None
 
 
 def _inspect(args: argparse.Namespace) -> int:

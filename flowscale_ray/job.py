@@ -66,7 +66,7 @@ def make_executor(job: JobConfig, log: Callable[[str], None] = print) -> tuple[A
 
     started_here = start_ray(ex_cfg.address)
     log(
-        f"ray: {'started a local Ray' if started_here else f'connected to {ex_cfg.address}'}; "
+        f"ray: {'started a local Ray' if started_here else f'connected to {ex_cfg.address or _ray_address()}'}; "
         f"{ex_cfg.replicas} model replica(s)"
     )
     spec = lambda c: None if c is None else ComponentSpec(c.name, dict(c.options))  # noqa: E731
@@ -99,6 +99,13 @@ def make_executor(job: JobConfig, log: Callable[[str], None] = print) -> tuple[A
             ray.shutdown()
 
     return executor, executor.model_id, job.reward.name, close
+
+
+def _ray_address() -> str:
+    """The cluster that start_ray(None) joined (RAY_ADDRESS, as Ray sets it inside a Ray job)."""
+    import os
+
+    return f"the cluster at RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '')}"
 
 
 def build_components(job: JobConfig) -> tuple[FlowModel, Reward, Reward | None]:

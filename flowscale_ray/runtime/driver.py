@@ -19,6 +19,9 @@ import contextlib
 import gc
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -40,15 +43,25 @@ log = logging.getLogger("flowscale_ray.runtime")
 
 
 def start_ray(address: str | None) -> bool:
-    """Connect to Ray: an existing cluster at `address` ('auto', 'ray://...', 'HOST:PORT'), or, with None, a
-    local Ray started in this process whose services listen on 127.0.0.1 only. Returns True if it started one."""
+    """Connect to Ray: an existing cluster at `address` ('auto', 'ray://...', 'HOST:PORT'), or, with None, the
+    cluster named by RAY_ADDRESS (Ray sets it for a Ray job's entrypoint: the job joins the cluster it runs in),
+    else a local Ray started in this process whose services listen on 127.0.0.1 only. Returns True if it started
+    one. ray.init replaces the SIGTERM handler with its own; a Python handler the caller installed is put back."""
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, configure_logging=False)
-        return False
-    ray.init(address="local", include_dashboard=False, configure_logging=False, _node_ip_address="127.0.0.1")
-    return True
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        env_address = os.environ.get("RAY_ADDRESS", "")
+        if address is None and env_address and not env_address.startswith(("http://", "https://")):
+            address = "auto"  # a dashboard URL in RAY_ADDRESS is for the `ray job` CLI, not a cluster to join
+        if address:
+            ray.init(address=address, configure_logging=False)
+            return False
+        ray.init(address="local", include_dashboard=False, configure_logging=False, _node_ip_address="127.0.0.1")
+        return True
+    finally:
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 class RuntimeFailure(RuntimeError):
