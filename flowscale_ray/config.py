@@ -13,6 +13,7 @@ A job file is YAML:
     executor: {kind: inprocess, in_flight: 4, micro_batch: null}
     output: {dir: results}                        # or s3://bucket/prefix; run_id, shard_size, top_k, ...
     storage: {endpoint_url: null}                 # optional: S3 endpoint, credentials, options
+    metrics: {port: 9464, progress: auto}         # optional: Prometheus /metrics, progress display
 
 Every error names the field and what is allowed, as one line: `method.nfe_budget: must be > 0, got -5`.
 """
@@ -286,6 +287,32 @@ class StorageConfig:
             raise ValueError(f"endpoint_url: expected a URL such as http://127.0.0.1:9000, got {self.endpoint_url!r}")
 
 
+_METRICS_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]+")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Live observability (see docs/observability.md). `port`: serve Prometheus `/metrics` from the driver
+    (null: off; 0: a free port, logged). `progress`: a bar on an interactive terminal and log lines otherwise
+    ('auto'), or force 'bar', 'log' or 'off'; log lines come every `log_interval_s`. The run folder gets a
+    small `timeline.json` (replica busy time sampled every `timeline_interval_s`) for `flowscale report`."""
+
+    port: int | None = None
+    host: str = "127.0.0.1"  # bind address; loopback unless you choose otherwise
+    progress: Literal["auto", "bar", "log", "off"] = "auto"
+    log_interval_s: float = 30.0
+    timeline_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise ValueError(f"port: must be 0 (a free port) to 65535, or null (off); got {self.port}")
+        if not _METRICS_HOST.fullmatch(self.host):
+            raise ValueError(f"host: expected an address to bind such as 127.0.0.1 or 0.0.0.0, got {self.host!r}")
+        for name in ("log_interval_s", "timeline_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     name: str
@@ -311,6 +338,7 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     compare_with: tuple[MethodConfig, ...] = ()  # baselines run on the same prompts, reported side by side
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # /metrics, progress, timeline
 
     @property
     def run_id(self) -> str:
@@ -415,6 +443,7 @@ def load_job(data: Any, source: str = "job") -> JobConfig:
         output=rest.output,
         storage=rest.storage,
         compare_with=tuple(baselines),
+        metrics=rest.metrics,
     )
 
 
@@ -429,6 +458,7 @@ class _JobRest:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _JOB_KEYS = (
@@ -444,6 +474,7 @@ _JOB_KEYS = (
     "output",
     "storage",
     "compare_with",
+    "metrics",
 )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from flowscale_ray.config import ConfigError, JobConfig, PromptFileConfig, StorageConfig, anchored
 from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask, TaskResult
 from flowscale_ray.models import FlowModel, build_model
+from flowscale_ray.observe.recorder import NULL_RECORDER, Recorder
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import Reward, build_reward
 
@@ -251,8 +252,19 @@ def _run(job, prompts, writer, uri, method, executor, model_id, reward_name, log
         f"sampler {job.sampler.label}, model {model_id}, reward {reward_name}, executor {job.executor.kind}{resumed}"
     )
     info = RunInfo.for_job(job, writer.config_hash, model_id, method.settings())
+    from flowscale_ray.observe.live import observe_run
+
+    replicas = job.executor.replicas if job.executor.kind == "ray" else 1
+    recorder = observe_run(
+        job.metrics, method=method.name, model=model_id, reward=reward_name, prompts=len(todo),
+        planned_nfe=planned * len(todo), replicas=replicas, log=log,
+    )  # fmt: skip
+    log = recorder.wrap_log(log)  # a progress bar is cleared before each log line
+    executor.recorder = recorder
+    writer.on_retry = recorder.storage_retry
 
     def committed(shard: int, stats) -> None:
+        recorder.shard_committed(stats.rows, stats.bytes)
         log(f"shard {shard + 1}/{writer.num_shards} committed: {stats.rows} rows, {stats.bytes / 1e6:.2f} MB")
 
     assembler = ShardAssembler(writer, on_commit=committed)
@@ -268,17 +280,20 @@ def _run(job, prompts, writer, uri, method, executor, model_id, reward_name, log
             assembler.add(i, [failed_row(prompts[i], info, redact(_one_line(exc)))])
         held_back.clear()
 
-    for index, outcome in run_prompts(executor, method, job.seed, prompts, todo, log, redact):
+    for index, outcome in run_prompts(executor, method, job.seed, prompts, todo, log, redact, recorder):
         if isinstance(outcome, TaskResult):
+            recorder.prompt_finished(outcome)
             record_failures()
             nfe += outcome.nfe
             if len(preview) < PREVIEW_ROWS:
                 preview.append(outcome)
             assembler.add(index, rows_for_result(outcome, info))
         else:
+            recorder.prompt_failed()
             failed += 1
             held_back.append((index, outcome))
     record_failures()
+    writer.put_json("timeline.json", recorder.close())  # replica busy time over the run, for `flowscale report`
     manifest = writer.finish(versions())
     elapsed = time.perf_counter() - started
     if preview:
@@ -376,6 +391,7 @@ def run_prompts(
     todo: list[int],
     log: Callable[[str], None],
     redact: Callable[[str], str] = str,
+    recorder: Recorder = NULL_RECORDER,
 ) -> Iterator[tuple[int, TaskResult | Exception]]:
     """Run the prompts at `todo`, yielding (index, result) as they finish, or (index, the exception) for a
     prompt whose search raises. When a search raises, the prompts then in flight are rerun one at a time to
@@ -393,7 +409,7 @@ def run_prompts(
         done: set[int] = set()
 
         try:
-            for result in executor.run(_pull(queue, pulled, task)):
+            for result in executor.run(_pull(queue, pulled, task, recorder)):
                 i = index_of[result.prompt.id]
                 done.add(i)
                 consecutive = 0
@@ -423,11 +439,14 @@ def run_prompts(
                     yield i, result
 
 
-def _pull(queue: deque[int], pulled: list[int], task: Callable[[int], SearchTask]) -> Iterator[SearchTask]:
+def _pull(
+    queue: deque[int], pulled: list[int], task: Callable[[int], SearchTask], recorder: Recorder = NULL_RECORDER
+) -> Iterator[SearchTask]:
     """Tasks from the queue as the executor asks for them, noting which were handed out."""
     while queue:
         i = queue.popleft()
         pulled.append(i)
+        recorder.prompt_started()
         yield task(i)
 
 

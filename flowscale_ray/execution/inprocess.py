@@ -16,6 +16,7 @@ import torch
 from flowscale_ray.core.noise import derive_seed
 from flowscale_ray.execution.engine import Evaluated, ParticleEngine
 from flowscale_ray.execution.tasks import SearchTask, TaskResult
+from flowscale_ray.observe.recorder import NULL_RECORDER, CallStats, Recorder
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards.base import Reward, as_reward_tensor
 from flowscale_ray.search.protocol import (
@@ -96,6 +97,8 @@ class InProcessExecutor:
         self.in_flight = in_flight
         self.top_k = top_k  # particles of outcome.selected finalized per prompt (extra["selected"])
         self.context = SearchContext(grid=engine.grid)
+        self.recorder: Recorder = NULL_RECORDER  # metrics and progress hooks (flowscale_ray.observe)
+        self._reward_seconds = 0.0
 
     def run(self, tasks: Iterable[SearchTask]) -> Iterator[TaskResult]:
         """Yield one TaskResult per task, in completion order (which equals task order when in_flight=1)."""
@@ -112,7 +115,11 @@ class InProcessExecutor:
                     running[key] = run
             if not running:
                 return
+            started, nfe_before, self._reward_seconds = time.perf_counter(), self.engine.nfe, 0.0
             outputs = self.engine.run([(r.key, r.batch) for r in running.values()])
+            step_seconds = time.perf_counter() - started
+            rows = sum(len(r.batch) for r in running.values())
+            finished = []
             for key in list(running):
                 run = running[key]
                 evals = self._evaluations(run, outputs[key])
@@ -120,7 +127,12 @@ class InProcessExecutor:
                     run.batch = run.gen.send(evals)
                 except StopIteration as stop:
                     del running[key]
-                    yield self._finish(run, stop.value)
+                    finished.append((run, stop.value))
+            busy = time.perf_counter() - started
+            nfe = self.engine.nfe - nfe_before
+            self.recorder.replica_call(0, CallStats(busy, step_seconds, self._reward_seconds, rows, nfe))
+            for run, outcome in finished:
+                yield self._finish(run, outcome)
 
     def _start(self, key: int, task: SearchTask) -> _Running:
         seed = task.effective_seed
@@ -133,13 +145,16 @@ class InProcessExecutor:
         for req in (*run.batch.inits, *run.batch.expands):
             run.lineage[req.pid] = req
         scored = [o for o in outputs if o.preview is not None]
+        started = time.perf_counter()
         rewards = score(self.reward, [o.preview for o in scored], [run.task.prompt] * len(scored))  # type: ignore[misc]
+        self._reward_seconds += time.perf_counter() - started
         by_pid = {o.pid: r for o, r in zip(scored, rewards, strict=True)}
         evals = {}
         for o in outputs:
             run.nfe += o.nfe
             evals[o.pid] = Evaluation(pid=o.pid, reward=by_pid.get(o.pid, math.nan), s=o.s, nfe=o.nfe)
             run.rewards[o.pid] = evals[o.pid].reward
+        self.recorder.batch_evaluated(sum(o.nfe for o in outputs), rewards)
         return evals
 
     def _finish(self, run: _Running, outcome) -> TaskResult:

@@ -133,6 +133,7 @@ class ShardedWriter:
         self._written: dict[int, ShardStats] = {}
         self._stats: dict[int, ShardStats] = {}
         self._created_at: str | None = None
+        self.on_retry: Callable[[], None] | None = None  # called once per retried storage operation (metrics)
 
     # -- layout ------------------------------------------------------------------------------------------------
     @property
@@ -154,7 +155,12 @@ class ShardedWriter:
 
     # -- storage primitives (retried; every one safe to repeat) -----------------------------------------------
     def _retry(self, op: Callable[[], Any], what: str) -> Any:
-        return retry(op, what, self.retries, log=lambda m: self.log(self.redact(m)))
+        def log(message: str) -> None:
+            if self.on_retry is not None:
+                self.on_retry()
+            self.log(self.redact(message))
+
+        return retry(op, what, self.retries, log=log)
 
     def _put(self, rel: str, data: bytes) -> None:
         """Write a whole file atomically: readers see the old file, or none, or all of the new one."""
@@ -178,6 +184,10 @@ class ShardedWriter:
                 self.fs.pipe_file(target, data)
 
         self._retry(op, f"write {rel}")
+
+    def put_json(self, name: str, doc: Any) -> None:
+        """Write a small JSON file at the run's top level (e.g. `timeline.json` for reports); atomic, retried."""
+        self._put(name, _json(doc))
 
     def _get(self, rel: str) -> bytes | None:
         target = self.path(rel)

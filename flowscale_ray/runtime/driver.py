@@ -34,6 +34,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution.inprocess import build_result, decision_seed, lineage_of, selected_pids
 from flowscale_ray.execution.tasks import SearchTask, TaskResult
+from flowscale_ray.observe.recorder import CALL_STATS, NULL_RECORDER, CallStats, Recorder
 from flowscale_ray.runtime.messages import ComponentSpec, ParticleResult
 from flowscale_ray.runtime.placement import plan_batch
 from flowscale_ray.runtime.replica import ReplicaWorker
@@ -180,6 +181,7 @@ class RayExecutor:
         self.slack = opts.slack if opts.slack is not None else float(opts.micro_batch or 8)
         self.metrics: dict[str, Any] = {"rounds": 0, "replayed_nfe": 0, "restarts": 0, "copies": 0, "calls": 0}
         self._closes: dict[int, list[int]] = {}  # replica -> finished task keys to close there
+        self.recorder: Recorder = NULL_RECORDER  # metrics and progress hooks (flowscale_ray.observe)
         gc.freeze()  # libraries loaded so far live forever: keep them out of the driver's GC scans
 
     # -- start-up and health ---------------------------------------------------------------------------------
@@ -322,6 +324,9 @@ class RayExecutor:
                 if call.kind == "run":
                     busy.discard(call.replica)
                     self.metrics["rounds"] += 1
+                    stats = value.pop(CALL_STATS, None)
+                    if stats is not None:
+                        self.recorder.replica_call(call.replica, CallStats.from_dict(stats))
                     previews = self._previews.pop(ref, None)
                     if not self.rewarders:
                         previews = None
@@ -352,6 +357,8 @@ class RayExecutor:
                         if not t.parts and t.scoring == 0:
                             advanced(t)
                 elif call.kind == "score":
+                    sent = call.deadline - self.options.call_timeout_s
+                    self.recorder.reward_call(call.replica, time.monotonic() - sent)
                     for key, rewards in value.items():
                         t = running[key]
                         for pid, reward in zip(call.value[key], rewards, strict=True):
@@ -436,6 +443,7 @@ class RayExecutor:
             t.nfe += res.nfe
             t.search_rewards[req.pid] = res.reward
             evals[req.pid] = Evaluation(pid=req.pid, reward=res.reward, s=res.s, nfe=res.nfe)
+        self.recorder.batch_evaluated(sum(e.nfe for e in evals.values()), [e.reward for e in evals.values()])
         for pid in batch.release:
             t.search_rewards.pop(pid, None)
             for r in t.holders.pop(pid, set()):
@@ -501,6 +509,7 @@ class RayExecutor:
         a = call.replica
         self.reward_restarts[a] += 1
         self.metrics["restarts"] += 1
+        self.recorder.replica_restart(a, "reward")
         if self.reward_restarts[a] > self.options.max_restarts:
             raise RuntimeFailure(
                 f"reward actor {a} failed {self.reward_restarts[a]} times (max_restarts={self.options.max_restarts}); "
@@ -522,6 +531,7 @@ class RayExecutor:
         r = call.replica
         self.restarts[r] += 1
         self.metrics["restarts"] += 1
+        self.recorder.replica_restart(r, "model")
         if self.restarts[r] > self.options.max_restarts:
             raise RuntimeFailure(
                 f"replica {r} failed {self.restarts[r]} times (max_restarts={self.options.max_restarts}); giving up. "

@@ -21,6 +21,7 @@ import torch
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution.engine import Particle, ParticleEngine
 from flowscale_ray.execution.inprocess import score
+from flowscale_ray.observe.recorder import CALL_STATS, CallStats
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards.base import Reward
 from flowscale_ray.runtime.messages import ComponentSpec, ParticleResult
@@ -87,10 +88,13 @@ class ReplicaWorker:
         self._open(opens)
         for key, states in zip(adopt_keys, adopt_states, strict=True):
             self.engine.adopt(key, states)
+        nfe_before, step_started = self.engine.nfe, time.perf_counter()
         outputs = self.engine.run([(key, Batch.unpack(packed)) for key, packed in work])
+        step = (time.perf_counter() - step_started, sum(len(v) for v in outputs.values()), self.engine.nfe - nfe_before)
         if self.reward is None:
-            return self._with_preview_ref(outputs, started)
-        results: dict[Any, list[ParticleResult]] = {}
+            return self._with_preview_ref(outputs, started, step)
+        results: dict[Any, Any] = {}
+        reward_started = time.perf_counter()
         for key, evaluated in outputs.items():
             scored = [o for o in evaluated if o.preview is not None]
             rewards: dict[int, float] = {}
@@ -107,13 +111,17 @@ class ReplicaWorker:
                 )
                 for o in evaluated
             ]
+        reward_seconds = time.perf_counter() - reward_started
         if self.delay_per_call:
             time.sleep(self.delay_per_call)
-        self.busy_seconds += time.perf_counter() - started
+        busy = time.perf_counter() - started
+        self.busy_seconds += busy
         self.calls += 1
+        # Actor-side figures for the driver's metrics travel with the results (a reserved, non-task key).
+        results[CALL_STATS] = CallStats(busy, step[0], reward_seconds, step[1], step[2]).to_dict()
         return results, None
 
-    def _with_preview_ref(self, outputs: dict, started: float) -> dict[Any, Any]:
+    def _with_preview_ref(self, outputs: dict, started: float, step: tuple[float, int, int]) -> tuple[dict, Any]:
         """Results without rewards, and the scored previews of the whole call as one tensor (a second return
         value: it stays in the object store, owned by the driver, which hands it to a reward actor without
         fetching it); each scored particle's `preview` holds its row in that tensor."""
@@ -129,8 +137,10 @@ class ReplicaWorker:
                 results[key].append(ParticleResult(pid=o.pid, nfe=o.nfe, s=o.s, reward=float("nan"), preview=row))
         if self.delay_per_call:
             time.sleep(self.delay_per_call)
-        self.busy_seconds += time.perf_counter() - started
+        busy = time.perf_counter() - started
+        self.busy_seconds += busy
         self.calls += 1
+        results[CALL_STATS] = CallStats(busy, step[0], None, step[1], step[2]).to_dict()
         return results, (torch.stack(rows) if rows else None)
 
     def replay(
