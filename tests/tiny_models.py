@@ -11,6 +11,7 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+import pytest
 import torch
 
 CHARS = string.ascii_lowercase + string.digits
@@ -194,3 +195,22 @@ def save_clip(folder: Path, **kwargs) -> Path:
     model.save_pretrained(str(folder), safe_serialization=True)
     processor.save_pretrained(str(folder))
     return folder
+
+
+# ------------------------------------------------------------------------------------------ pytest fixtures
+# Import these into a test module (`from tests.tiny_models import flux_folder`) to use them there.
+
+
+@pytest.fixture(scope="session")
+def flux_folder(tmp_path_factory) -> Path:
+    return save_flux(tmp_path_factory.mktemp("flux") / "tiny-flux")
+
+
+@pytest.fixture(scope="session")
+def sd3_folder(tmp_path_factory) -> Path:
+    return save_sd3(tmp_path_factory.mktemp("sd3") / "tiny-sd3")
+
+
+@pytest.fixture(scope="session")
+def clip_folder(tmp_path_factory) -> Path:
+    return save_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")

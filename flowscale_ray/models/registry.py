@@ -39,4 +39,4 @@ def build_model(name: str, options: dict[str, Any] | None = None) -> FlowModel:
 def _load_builtin_models() -> None:
     # Importing registers them.
     from flowscale_ray.builtin import model  # noqa: F401
-    from flowscale_ray.models import gaussian_mixture  # noqa: F401
+    from flowscale_ray.models import flux, gaussian_mixture, sd3  # noqa: F401  (diffusers loads lazily)

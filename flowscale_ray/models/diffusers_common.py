@@ -1,0 +1,221 @@
+"""What the FLUX and SD3 adapters share: option checks, device/dtype, folder checks, loading, prompt cache.
+
+diffusers is imported only inside functions (it costs seconds to import), so registering these models
+costs nothing until one is built.
+
+The sampler owns the time grid. diffusers' FlowMatchEulerDiscreteScheduler maps its sigmas through the
+timestep shift s -> a s / (1 + (a - 1) s) (static `shift` a for SD3, a = exp(mu) with mu from the image
+sequence length for FLUX.1-dev's dynamic shift); our `sampler.shift` applies the same map to our grid, so
+`sampler: {grid: uniform, shift: <model.grid_shift>}` reproduces the pipeline's schedule. `sampler_shift`
+computes that value from the model's folder (JSON configs only) for drivers that have no model loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flowscale_ray.models.base import Condition, cat_conditions
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|auto)$")
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+WEIGHT_SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def resolve_device(device: str | torch.device, field: str = "model.device") -> torch.device:
+    """cpu | cuda | cuda:N | auto (cuda when available, else cpu)."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str) or not DEVICE_RE.match(device):
+        raise ValueError(f"{field}: expected cpu, cuda, cuda:N or auto, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{field}: {device!r} asked for but CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, field: str = "model.dtype") -> torch.dtype:
+    """float32 | bfloat16 | float16; default bfloat16 on CUDA, float32 on CPU."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"{field}: expected one of {', '.join(DTYPES)}, got {dtype}")
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"{field}: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def allowed_attention_backends() -> list[str]:
+    """diffusers attention backends that need no download (the *_hub ones fetch kernels from the hub)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return sorted(b.value for b in AttentionBackendName if not b.value.endswith("_hub"))
+
+
+def check_attention(backend: str | None, field: str = "model.attention") -> None:
+    if backend is None:
+        return
+    allowed = allowed_attention_backends()
+    if backend not in allowed:
+        raise ValueError(f"{field}: unknown attention backend {backend!r}; allowed: {', '.join(allowed)}")
+
+
+def set_attention(module: Any, backend: str | None, field: str = "model.attention") -> None:
+    """Select the diffusers attention backend of a transformer (None: the library default, torch SDPA)."""
+    check_attention(backend, field)
+    if backend is None:
+        return
+    try:
+        module.set_attention_backend(backend)
+    except Exception as exc:  # missing kernels or packages: one line naming the backend
+        raise ValueError(f"{field}: backend {backend!r} is not usable here: {_first_line(exc)}") from None
+
+
+def is_local_path(path: str) -> bool:
+    """A path (exists, or is written as one) rather than a hub id 'org/name'."""
+    p = Path(path).expanduser()
+    return p.exists() or path.startswith((".", "/", "~")) or os.sep + os.sep in path or not HUB_ID_RE.match(path)
+
+
+def check_model_folder(path: str, kind: str, expected: Sequence[str], field: str = "model.path") -> Path:
+    """Fail with one line naming the folder and its expected layout unless it looks loadable."""
+    subfolders = ", ".join(e + "/" for e in expected)
+    layout = f"a diffusers {kind} folder: model_index.json, {subfolders} (weights as .safetensors)"
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise ValueError(f"{field}: no such folder {str(folder)!r}; expected {layout}")
+    if not folder.is_dir() or not os.access(folder, os.R_OK | os.X_OK):
+        raise ValueError(f"{field}: {str(folder)!r} is not a readable folder; expected {layout}")
+    missing = [e for e in ("model_index.json", *expected) if not (folder / e).exists()]
+    if missing:
+        raise ValueError(f"{field}: {str(folder)!r} lacks {', '.join(missing)}; expected {layout}")
+    try:
+        json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{field}: cannot read {str(folder / 'model_index.json')!r}: {_first_line(exc)}") from None
+    for sub in expected:
+        if sub in WEIGHT_SUBFOLDERS and not any((folder / sub).glob("*.safetensors")):
+            raise ValueError(f"{field}: {str(folder / sub)!r} has no .safetensors weights; expected {layout}")
+    return folder
+
+
+def load_pipeline(cls: Any, path: str, kind: str, expected: Sequence[str], dtype: torch.dtype) -> Any:
+    """`cls.from_pretrained(path, dtype=dtype, use_safetensors=True)`, errors as one line."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"model.path: expected a hub id or a local folder, got {path!r}")
+    source = str(check_model_folder(path, kind, expected)) if is_local_path(path) else path
+    try:
+        pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    except Exception as exc:
+        what = f"folder {source!r}" if is_local_path(path) else f"hub id {path!r} (offline: it must be in the HF cache)"
+        raise ValueError(f"model.path: cannot load a {kind} from {what}: {_first_line(exc)}") from None
+    pipe.set_progress_bar_config(disable=True)
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.eval().requires_grad_(False)
+    # from_pretrained leaves some diffusers transformers (SD3 in 0.42) in float32 whatever the dtype.
+    for name in ("transformer", "vae"):
+        module = getattr(pipe, name, None)
+        if module is not None and module.dtype != dtype:
+            module.to(dtype=dtype)
+    return pipe
+
+
+def read_json(path: str, *parts: str) -> dict[str, Any]:
+    """A JSON config inside a local model folder (used without loading any weights)."""
+    file = Path(path).expanduser().joinpath(*parts)
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"model.path: cannot read {str(file)!r}: {_first_line(exc)}") from None
+
+
+def dynamic_shift(image_seq_len: int, scheduler_config: dict[str, Any]) -> float:
+    """FLUX.1-dev's resolution shift as a grid shift a (exp(mu), or mu for time_shift_type 'linear')."""
+    base_len = scheduler_config.get("base_image_seq_len", 256)
+    max_len = scheduler_config.get("max_image_seq_len", 4096)
+    base_shift = scheduler_config.get("base_shift", 0.5)
+    max_shift = scheduler_config.get("max_shift", 1.15)
+    m = (max_shift - base_shift) / (max_len - base_len)
+    mu = image_seq_len * m + (base_shift - m * base_len)
+    return mu if scheduler_config.get("time_shift_type", "exponential") == "linear" else math.exp(mu)
+
+
+def sampler_shift(name: str, options: dict[str, Any]) -> float:
+    """The `sampler.shift` that reproduces the diffusers pipeline's schedule for model `name` ('flux' or
+    'sd3') with these options, read from the local folder's JSON configs (no weights are loaded)."""
+    from flowscale_ray.models import flux, sd3
+
+    if name == "flux":
+        return flux.grid_shift_from_configs(options)
+    if name == "sd3":
+        return sd3.grid_shift_from_configs(options)
+    raise ValueError(f"model.name: sampler_shift knows 'flux' and 'sd3', got {name!r}")
+
+
+class PromptCache:
+    """Prompt text -> one condition row, least recently used dropped beyond `size` entries.
+
+    `encode_batch(texts)` computes the rows of prompts not cached yet, in one call.
+    """
+
+    def __init__(self, encode_batch: Callable[[list[str]], Condition], size: int = 1024) -> None:
+        self.encode_batch = encode_batch
+        self.size = size
+        self.rows: OrderedDict[str, Condition] = OrderedDict()
+
+    def __call__(self, prompts: Sequence[str]) -> Condition:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self.rows))
+        if missing:
+            cond = self.encode_batch(missing)
+            for i, p in enumerate(missing):
+                self.rows[p] = {k: v[i : i + 1] for k, v in cond.items()}
+        out = []
+        for p in prompts:
+            self.rows.move_to_end(p)
+            out.append(self.rows[p])
+        while len(self.rows) > self.size:
+            self.rows.popitem(last=False)
+        return cat_conditions(out)
+
+
+def decode_latents(vae: Any, latents: Tensor, batch: int = 8) -> Tensor:
+    """VAE latents (already unscaled) -> images [B, 3, H, W] in [0, 1], float32, decoded in chunks."""
+    out = []
+    for start in range(0, latents.shape[0], batch):
+        chunk = latents[start : start + batch].to(vae.device, vae.dtype)
+        image = vae.decode(chunk, return_dict=False)[0]
+        out.append((image.float() / 2 + 0.5).clamp(0, 1))
+    return torch.cat(out) if out else latents.new_zeros((0, 3, 0, 0), dtype=torch.float32)
+
+
+def check_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    for field, v in (("model.height", height), ("model.width", width)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % multiple:
+            raise ValueError(f"{field}: must be a positive multiple of {multiple}, got {v!r}")
+    return height, width
+
+
+def check_positive_int(field: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{field}: must be a positive integer, got {value!r}")
+    return value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
