@@ -1,0 +1,115 @@
+"""Progress: a bar redrawn in place on an interactive terminal (fake TTY), plain periodic log lines otherwise;
+the run's ordinary output is unchanged when no line is due."""
+
+import io
+
+from flowscale_ray.config import load_job
+from flowscale_ray.job import run_job
+from flowscale_ray.observe.progress import BarProgress, LogProgress, format_duration, make_progress
+from flowscale_ray.observe.recorder import RunRecorder
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+class Result:
+    def __init__(self, reward, seconds=0.1):
+        self.reward = reward
+        self.seconds = seconds
+
+        class Outcome:
+            records = []
+
+        self.outcome = Outcome()
+
+
+def job_doc(tmp_path, **metrics):
+    return {
+        "name": "progress",
+        "model": {"name": "gmm2d"},
+        "method": {"name": "bon", "n": 4},
+        "reward": {"name": "mode_log_density", "options": {"mode": 2}},
+        "prompts": ["a", "b", "c", "d"],
+        "output": {"dir": str(tmp_path / "out")},
+        "metrics": metrics,
+    }
+
+
+def test_auto_picks_a_bar_on_a_terminal_and_log_lines_elsewhere():
+    assert isinstance(make_progress("auto", print, 30.0, FakeTTY()), BarProgress)
+    assert isinstance(make_progress("auto", print, 30.0, io.StringIO()), LogProgress)
+    assert isinstance(make_progress("bar", print, 30.0, io.StringIO()), BarProgress)
+    assert make_progress("off", print, 30.0, FakeTTY()) is None
+
+
+def test_bar_shows_prompts_rate_eta_and_best_reward():
+    tty = FakeTTY()
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    bar = BarProgress(tty, min_interval_s=0.0, clock=clock)
+    rec = RunRecorder("bon", "m", "r", prompts=4, planned_nfe=400, progress=bar, clock=clock)
+    now[0] = 2.0
+    rec.prompt_started()
+    rec.batch_evaluated(100, [0.1, 0.2])
+    rec.prompt_finished(Result(0.75))
+    out = tty.getvalue()
+    last = out.rsplit("\r", 1)[1]
+    assert out.startswith("\r[") and "\n" not in out  # redrawn in place
+    assert "1/4 prompts" in last and "50 NFE/s" in last and "ETA 6s" in last and "best 0.75" in last
+    assert "[" + "#" * 6 + "." * 18 + "]" in last
+    now[0] = 4.0
+    rec.prompt_failed()
+    rec.batch_evaluated(300, [])
+    rec.close()
+    last = tty.getvalue().rstrip("\n").rsplit("\r", 1)[1]
+    assert "2/4 prompts (1 failed)" in last and "100 NFE/s" in last and "ETA 0s" in last
+    assert tty.getvalue().endswith("\n")
+
+
+def test_bar_is_cleared_before_a_log_line():
+    tty = FakeTTY()
+    bar = BarProgress(tty, min_interval_s=0.0)
+    rec = RunRecorder("bon", "m", "r", prompts=2, planned_nfe=20, progress=bar)
+    rec.batch_evaluated(5, [])
+    lines = []
+    rec.wrap_log(lines.append)("shard 1/1 committed")
+    assert lines == ["shard 1/1 committed"]
+    assert tty.getvalue().endswith("\r" + " " * len(tty.getvalue().split("\r")[-2]) + "\r")
+
+
+def test_log_lines_come_every_interval():
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    lines = []
+    rec = RunRecorder(
+        "bon", "m", "r", prompts=3, planned_nfe=30, progress=LogProgress(lines.append, 10.0, clock), clock=clock
+    )
+    for t in (1.0, 5.0, 9.0):
+        now[0] = t
+        rec.batch_evaluated(2, [0.5])
+    assert lines == []
+    now[0] = 10.0
+    rec.prompt_finished(Result(0.5))
+    now[0] = 15.0
+    rec.batch_evaluated(4, [])
+    assert lines == ["progress: 1/3 prompts (0 failed), 6 NFE, 1 NFE/s, ETA 40s, best reward 0.5"]
+    now[0] = 21.0
+    rec.batch_evaluated(4, [])
+    assert len(lines) == 2 and lines[1].startswith("progress: 1/3 prompts (0 failed), 14 NFE")
+
+
+def test_a_run_logs_progress_lines_and_default_output_has_none(tmp_path):
+    lines = []
+    report = run_job(load_job(job_doc(tmp_path, progress="log", log_interval_s=1e-6)), log=lines.append)
+    progress = [m for m in lines if m.startswith("progress: ")]
+    assert progress[-1].startswith(f"progress: 4/4 prompts (0 failed), {report.nfe} NFE, ")
+    quiet = []
+    run_job(load_job({**job_doc(tmp_path), "name": "quiet"}), log=quiet.append)  # not a terminal, 30 s interval
+    assert not [m for m in quiet if m.startswith("progress")]
+    assert any("prompts run (0 failed)" in m for m in quiet)
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (0, 59.4, 61, 3725, float("inf"))] == ["0s", "59s", "1m01s", "1h02m", "?"]
