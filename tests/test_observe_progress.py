@@ -2,6 +2,7 @@
 the run's ordinary output is unchanged when no line is due."""
 
 import io
+from types import SimpleNamespace
 
 from flowscale_ray.config import load_job
 from flowscale_ray.job import run_job
@@ -14,15 +15,8 @@ class FakeTTY(io.StringIO):
         return True
 
 
-class Result:
-    def __init__(self, reward, seconds=0.1):
-        self.reward = reward
-        self.seconds = seconds
-
-        class Outcome:
-            records = []
-
-        self.outcome = Outcome()
+def Result(reward, seconds=0.1):  # noqa: N802  (a TaskResult stand-in: what the recorder reads)
+    return SimpleNamespace(reward=reward, seconds=seconds, outcome=SimpleNamespace(records=[]))
 
 
 def job_doc(tmp_path, **metrics):
