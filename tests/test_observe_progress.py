@@ -15,7 +15,7 @@ class FakeTTY(io.StringIO):
         return True
 
 
-def Result(reward, seconds=0.1):  # noqa: N802  (a TaskResult stand-in: what the recorder reads)
+def Result(reward, seconds=0.1):  # a TaskResult stand-in: what the recorder reads
     return SimpleNamespace(reward=reward, seconds=seconds, outcome=SimpleNamespace(records=[]))
 
 
