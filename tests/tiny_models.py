@@ -180,6 +180,73 @@ def clip_model(seed: int = 0, image_size: int = 32, projection_dim: int = 16):
     return model, CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer())
 
 
+DETECTOR_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "and"]
+DETECTOR_WORDS += ["red", "blue", "green", "yellow", "circle", "square", "apple", "dog", *CHARS]
+
+
+def grounding_dino(seed: int = 0, image_size: int = 32):
+    """(GroundingDinoForObjectDetection, GroundingDinoProcessor) of tiny size (Swin + BERT backbones)."""
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    torch.manual_seed(seed)
+    backbone = SwinConfig(
+        image_size=image_size,
+        patch_size=4,
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[1, 1],
+        window_size=2,
+        out_features=["stage1", "stage2"],
+    )
+    text = BertConfig(
+        vocab_size=len(DETECTOR_WORDS),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    cfg = GroundingDinoConfig(
+        backbone_config=backbone,
+        text_config=text,
+        d_model=32,  # GroupNorm(32, d_model) inside
+        encoder_layers=1,
+        decoder_layers=2,  # the box heads of decoder layers are tied: at least 2
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=12,
+        num_feature_levels=2,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=32,
+    )
+    model = GroundingDinoForObjectDetection(cfg).eval()
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(DETECTOR_WORDS)})
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size})
+    return model, GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def aesthetic_head(in_dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random MLP head with the LAION predictor's key names (layers.0/2/4/6/7, no activations between)."""
+    g = torch.Generator().manual_seed(seed)
+    dims = [(in_dim, 24), (24, 12), (12, 8), (8, 4), (4, 1)]
+    out = {}
+    for idx, (a, b) in zip((0, 2, 4, 6, 7), dims, strict=True):
+        out[f"layers.{idx}.weight"] = torch.randn(b, a, generator=g) / a**0.5
+        out[f"layers.{idx}.bias"] = torch.randn(b, generator=g) * 0.1
+    return out
+
+
 def save_flux(folder: Path, **kwargs) -> Path:
     flux_pipeline(**kwargs).save_pretrained(str(folder), safe_serialization=True)
     return folder
@@ -214,3 +281,30 @@ def sd3_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def clip_folder(tmp_path_factory) -> Path:
     return save_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+def save_grounding_dino(folder: Path, **kwargs) -> Path:
+    model, processor = grounding_dino(**kwargs)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    processor.save_pretrained(str(folder))
+    return folder
+
+
+def save_aesthetic(folder: Path, **kwargs) -> Path:
+    """A tiny CLIP plus `aesthetic_head.safetensors` (the layout the aesthetic reward expects)."""
+    from safetensors.torch import save_file
+
+    save_clip(folder, **kwargs)
+    model, _ = clip_model(**kwargs)
+    save_file(aesthetic_head(model.config.projection_dim), str(folder / "aesthetic_head.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def detector_folder(tmp_path_factory) -> Path:
+    return save_grounding_dino(tmp_path_factory.mktemp("gdino") / "tiny-grounding-dino")
+
+
+@pytest.fixture(scope="session")
+def aesthetic_folder(tmp_path_factory) -> Path:
+    return save_aesthetic(tmp_path_factory.mktemp("aesthetic") / "tiny-aesthetic")

@@ -99,4 +99,4 @@ def as_reward_tensor(values: Tensor, batch: int) -> Tensor:
 
 def _load_builtin_rewards() -> None:
     from flowscale_ray.builtin import counting, heldout  # noqa: F401
-    from flowscale_ray.rewards import analytic  # noqa: F401
+    from flowscale_ray.rewards import aesthetic, analytic, clip, combine, detection, jpeg  # noqa: F401
