@@ -136,8 +136,15 @@ def load_pipeline(cls: Any, path: str, kind: str, expected: Sequence[str], dtype
 
 
 def read_json(path: str, *parts: str) -> dict[str, Any]:
-    """A JSON config inside a local model folder (used without loading any weights)."""
+    """A JSON config of a model folder, or of a hub id already in the local HF cache (no weights, no download)."""
     file = Path(path).expanduser().joinpath(*parts)
+    if not is_local_path(path):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "/".join(parts))
+        if not isinstance(cached, str):
+            raise ValueError(f"model.path: {'/'.join(parts)} of hub id {path!r} is not in the local HF cache")
+        file = Path(cached)
     try:
         return json.loads(file.read_text())
     except (OSError, ValueError) as exc:
