@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean install
+.PHONY: demo test lint format bench clean install prometheus
 
 install: $(STAMP)
 
@@ -19,8 +19,14 @@ demo: $(STAMP)
 	rm -rf results/demo results/demo-base  # a finished run is never redone: start the demo afresh
 	$(VENV)/bin/flowscale run jobs/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) prometheus
 	$(PY) -m pytest -q
+
+# Prometheus and promtool (Debian's package) for the dashboard and alert tests; installed when missing.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
