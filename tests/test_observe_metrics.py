@@ -192,3 +192,17 @@ def test_bad_metrics_section_is_one_line(tmp_path, section, message):
     with pytest.raises(ConfigError) as err:
         load_job(job_doc(tmp_path, {"name": "bon", "n": 2}, metrics=section))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_metric_is_documented_with_its_labels():
+    from pathlib import Path
+
+    from prometheus_client.metrics import MetricWrapperBase
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "observability.md").read_text()
+    declared = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    assert len(declared) >= 25
+    for m in declared:
+        name = m._name + ("_total" if m._type == "counter" else "")
+        assert f"| `{name}` | {m._type} | {', '.join(m._labelnames)} |" in doc, name
+        assert set(m._labelnames) <= metrics.LABEL_KEYS
