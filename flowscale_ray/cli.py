@@ -116,8 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if job.output.run_id is None:  # neither --run-id nor output.run_id: inside a Ray job, its submission id
             job = _with_submission_run_id(job)
         if args.command == "validate":
-            from flowscale_ray.job import build_components, load_prompts
+            from flowscale_ray.job import build_components, load_prompts, resolve_sampler_shift
 
+            job = resolve_sampler_shift(job)
             prompts = load_prompts(job.prompts, Path(args.job).resolve().parent, job.storage)
             build_components(job)
             print(f"{args.job}: ok ({len(prompts)} prompts)")

@@ -109,6 +109,28 @@ def _ray_address() -> str:
     return f"the cluster at RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '')}"
 
 
+def resolve_sampler_shift(job: JobConfig) -> JobConfig:
+    """FLUX.1-dev's resolution shift: when the model options ask for it (`resolution_shift: true`) and the job
+    leaves `sampler.shift` at 1, fill in the shift the diffusers pipeline would use, read from the model
+    folder's JSON configs (no weights). The driver builds the time grid before any replica loads the model,
+    so the shift must be known here; it is part of the run's configuration (a resumed run checks it)."""
+    if job.model.name not in ("flux", "sd3") or not job.model.options.get("resolution_shift"):
+        return job
+    if job.sampler.shift != 1.0:
+        return job  # set explicitly: the job's value wins
+    from flowscale_ray.models.diffusers_common import sampler_shift
+
+    try:
+        shift = sampler_shift(job.model.name, dict(job.model.options))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            "sampler.shift",
+            f"resolution_shift needs the model's configs to compute the shift ({_one_line(exc)}); "
+            "set sampler.shift explicitly (FLUX.1-dev at 1024x1024: 3.1582)",
+        ) from None
+    return dataclasses.replace(job, sampler=dataclasses.replace(job.sampler, shift=shift))
+
+
 def build_components(job: JobConfig) -> tuple[FlowModel, Reward, Reward | None]:
     model = _build("model", build_model, job.model.name, job.model.options)
     reward = _build("reward", build_reward, job.reward.name, job.reward.options)
@@ -213,6 +235,7 @@ def run_job(job: JobConfig, base_dir: Path | None = None, log: Callable[[str], N
 
     redact = Redactor.for_storage(job.storage)
     log = _redacting(log, redact)
+    job = resolve_sampler_shift(job)
     prompts = load_prompts(job.prompts, base_dir, job.storage)
     writer = open_writer(job, prompts, log)
     uri = redact(_uri(job, writer.root))

@@ -189,6 +189,31 @@ def test_sampler_shift_is_read_from_configs(flux_folder, sd3_folder, flux, sd3):
     assert shifted.grid_shift != pytest.approx(3.0)
 
 
+def test_job_with_resolution_shift_gets_the_pipelines_shift(flux_folder, flux, tmp_path):  # noqa: F811
+    """The driver builds the grid before any replica loads the model: run_job fills sampler.shift from the
+    folder's configs when the job asks for the resolution shift; an explicit sampler.shift wins."""
+    from flowscale_ray.config import ConfigError, load_job
+    from flowscale_ray.job import resolve_sampler_shift
+
+    doc = {
+        "model": {"name": "flux", "options": flux_options(flux_folder)},
+        "reward": {"name": "jpeg_compressibility"},
+        "method": {"name": "base"},
+        "prompts": [PROMPT],
+    }
+    job = resolve_sampler_shift(load_job(doc))
+    assert job.sampler.shift == pytest.approx(flux.grid_shift) and job.sampler.shift != pytest.approx(1.0)
+    explicit = resolve_sampler_shift(load_job({**doc, "sampler": {"shift": 2.5}}))
+    assert explicit.sampler.shift == 2.5
+    plain = {**doc, "model": {"name": "flux", "options": flux_options(flux_folder, resolution_shift=False)}}
+    assert resolve_sampler_shift(load_job(plain)).sampler.shift == 1.0
+    missing = {**doc, "model": {"name": "flux", "options": flux_options(tmp_path / "nowhere")}}
+    with pytest.raises(ConfigError) as err:
+        resolve_sampler_shift(load_job(missing))
+    assert str(err.value).startswith("sampler.shift:") and "set sampler.shift explicitly" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
 @pytest.mark.parametrize("which", ["flux", "sd3"])
 def test_missing_or_broken_folder_is_one_line_naming_the_path(which, tmp_path):
     missing = tmp_path / "nowhere"
