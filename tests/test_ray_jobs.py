@@ -108,7 +108,7 @@ class Head:
                 return
             except OSError:
                 pass
-            time.sleep(2)
+            time.sleep(0.5)
         raise RuntimeError(f"the Ray head did not answer within {timeout:.0f}s: {self.head_log()[-2000:]}")
 
     def head_log(self) -> str:
@@ -158,7 +158,7 @@ class Head:
             status = self.status(submission_id)
             if status in TERMINAL:
                 return status
-            time.sleep(2)
+            time.sleep(0.5)
         raise AssertionError(f"job {submission_id} not finished after {timeout:.0f}s:\n{self.logs(submission_id)}")
 
     def stop(self) -> None:
@@ -309,7 +309,7 @@ def test_stopped_job_keeps_committed_shards_and_resubmission_completes_it(head, 
     long_job = [
         f"prompts={json.dumps(prompts)}",
         "compare_with=[]",
-        "method.nfe_budget=40",
+        "method.nfe_budget=20",
         "executor.kind=ray",
         "executor.num_cpus=0.5",
         "executor.in_flight=4",
@@ -322,7 +322,7 @@ def test_stopped_job_keeps_committed_shards_and_resubmission_completes_it(head, 
     while not (markers.exists() and any(markers.iterdir())):
         if time.monotonic() > deadline or head.status("long-job") in TERMINAL:
             raise AssertionError(f"no shard committed before the job ended:\n{head.logs('long-job')}")
-        time.sleep(1)
+        time.sleep(0.2)
     head.ray("job", "stop", "long-job")  # waits until the job has exited
     assert head.wait("long-job", timeout=120) == "STOPPED"
     logs = head.logs("long-job")
