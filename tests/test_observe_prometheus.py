@@ -222,3 +222,56 @@ def test_every_dashboard_panel_returns_data_from_a_live_ray_run(local_ray, prome
     assert len(rules) == 3 and all(r["health"] == "ok" for r in rules), rules
     firing = api(base, "/api/v1/alerts")["data"]["alerts"]
     assert not [a for a in firing if a["state"] == "firing"]  # a healthy run raises no alert
+
+
+@pytest.mark.slow
+def test_ray_replica_figures_and_restarts_reach_the_metrics(local_ray):
+    """Per-replica figures measured inside the actors equal the replicas' own counters; restarts are counted."""
+    from flowscale_ray.core.dynamics import SamplerSpec
+    from flowscale_ray.execution import SearchTask
+    from flowscale_ray.observe.recorder import RunRecorder
+    from flowscale_ray.prompts import Prompt
+    from flowscale_ray.runtime.driver import RayExecutor, RuntimeFailure, RuntimeOptions
+    from flowscale_ray.runtime.messages import ComponentSpec
+    from flowscale_ray.search import METHODS
+
+    reward = ComponentSpec("mode_log_density", {"mode": 2})
+    method = METHODS["bon"](METHODS["bon"].Config(n=6))
+    tasks = [SearchTask(Prompt(f"q{i}", "t"), method, seed=1) for i in range(4)]
+    model = "obs-replicas"
+    rec = RunRecorder("bon", model, "mode_log_density", prompts=4, planned_nfe=0, replicas=2, prometheus=True)
+    ex = RayExecutor(
+        ComponentSpec("gmm2d", {}), SamplerSpec(), reward, options=RuntimeOptions(replicas=2, num_cpus=0.5)
+    )
+    ex.recorder = rec
+    try:
+        results = list(ex.run(tasks))
+        stats = ex.stats()
+    finally:
+        ex.shutdown()
+    assert rec.totals.nfe == sum(r.nfe for r in results) > 0
+    for r, s in enumerate(stats):
+        labels = {"model": model, "replica": str(r)}
+        assert metrics.REGISTRY.get_sample_value("flowscale_replica_nfe_total", labels) == s["nfe"]
+        assert metrics.REGISTRY.get_sample_value("flowscale_replica_calls_total", labels) == s["calls"]
+        busy = metrics.REGISTRY.get_sample_value("flowscale_replica_busy_seconds_total", labels)
+        assert busy == pytest.approx(s["busy_seconds"], rel=1e-9, abs=1e-12)
+    assert sum(s["calls"] for s in stats) > 0
+
+    rec = RunRecorder("bon", "obs-crashing", "mode_log_density", prompts=1, planned_nfe=0, replicas=1, prometheus=True)
+    ex = RayExecutor(
+        ComponentSpec("tests.runtime_models:crashing", {}),
+        SamplerSpec(),
+        reward,
+        options=RuntimeOptions(replicas=1, num_cpus=0.5, max_restarts=1),
+    )
+    ex.recorder = rec
+    restart = {"kind": "model", "replica": "0"}
+    before = metrics.REGISTRY.get_sample_value("flowscale_replica_restarts_total", restart) or 0.0
+    try:
+        with pytest.raises(RuntimeFailure, match="replica 0 failed 2 times"):
+            list(ex.run(tasks[:1]))
+    finally:
+        ex.shutdown()
+    assert metrics.REGISTRY.get_sample_value("flowscale_replica_restarts_total", restart) - before == 2
+    assert rec.totals.restarts == 2
