@@ -200,13 +200,22 @@ def test_every_dashboard_panel_returns_data_from_a_live_ray_run(local_ray, prome
         }
     )
     lines: list[str] = []
+
+    def registry(name: str, method: str) -> float:  # this process's counters (earlier tests may have added)
+        labels = {"method": method, "model": "gmm2d", "reward": "mode_log_density"}
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    names = ("flowscale_prompts_finished_total", "flowscale_nfe_total")
+    before = {(n, m): registry(n, m) for n in names for m in ("rbf", "smc")}
     smc, rbf = run_with_baselines(job, log=lines.append)
     assert f"metrics: serving Prometheus metrics at http://127.0.0.1:{port}/metrics" in lines
-    wait_for(base, 'sum(flowscale_prompts_finished_total{method="rbf"})', PROMPTS)
-    time.sleep(2.5)  # a few more scrapes after the last change, so rates over the window are defined
     # Prometheus holds exactly what the run did.
-    for report, name in ((rbf, "rbf"), (smc, "smc")):
-        wait_for(base, f'sum(flowscale_nfe_total{{method="{name}"}})', report.nfe)
+    for report, m in ((rbf, "rbf"), (smc, "smc")):
+        assert registry(names[0], m) - before[(names[0], m)] == PROMPTS
+        assert registry(names[1], m) - before[(names[1], m)] == report.nfe > 0
+        for n in names:
+            wait_for(base, f'sum({n}{{method="{m}"}})', registry(n, m))
+    time.sleep(2.5)  # a few more scrapes after the last change, so rates over the window are defined
     replicas = api(base, "/api/v1/query", query="flowscale_replica_busy_seconds_total > 0")["data"]["result"]
     assert {r["metric"]["replica"] for r in replicas} == {"0", "1"}  # both replicas reported busy time
 
