@@ -58,6 +58,14 @@ def start_ray(address: str | None) -> bool:
         if address:
             ray.init(address=address, configure_logging=False)
             return False
+        if "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ:
+            # Loopback only: otherwise Ray binds several services to the machine's network address (and some to
+            # every interface) even with a loopback node ip. Ray reads the variable once, when it is imported,
+            # so the constant is set too; setting the variable to 1 keeps Ray's own behaviour.
+            from ray._private import ray_constants
+
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(address="local", include_dashboard=False, configure_logging=False, _node_ip_address="127.0.0.1")
         return True
     finally:
