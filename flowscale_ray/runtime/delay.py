@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from flowscale_ray.observe.recorder import CALL_STATS
 from flowscale_ray.runtime.messages import ComponentSpec, ParticleResult
 
 
@@ -78,8 +79,11 @@ class DelayReplica:
         time.sleep(self.delay)
         self.nfe += rows
         self.rows.append(rows)
-        self.busy_seconds += time.perf_counter() - started
+        busy = time.perf_counter() - started
+        self.busy_seconds += busy
         self.calls += 1
+        count = sum(len(v) for v in out.values())
+        out[CALL_STATS] = {"seconds": busy, "step_seconds": busy, "reward_seconds": 0.0, "rows": count, "nfe": rows}
         return out, None
 
     def replay(self, key: Any, prompt: Any, seed: int, requests: Sequence[Any], keep: Sequence[int]) -> int:
