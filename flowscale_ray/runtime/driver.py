@@ -36,7 +36,7 @@ from flowscale_ray.execution.inprocess import build_result, decision_seed, linea
 from flowscale_ray.execution.tasks import SearchTask, TaskResult
 from flowscale_ray.observe.recorder import CALL_STATS, NULL_RECORDER, CallStats, Recorder
 from flowscale_ray.runtime.messages import ComponentSpec, ParticleResult
-from flowscale_ray.runtime.placement import plan_batch
+from flowscale_ray.runtime.placement import batch_cost, plan_batch
 from flowscale_ray.runtime.replica import ReplicaWorker
 from flowscale_ray.search.protocol import Batch, Evaluation, Expand, Init, SearchContext, SearchGenerator
 
@@ -276,9 +276,30 @@ class RayExecutor:
             if not running and not calls:
                 return
             if ready:
-                loads = [float(sum(len(q.batch) for q in queues[r])) for r in range(len(self.replicas))]
+                # A replica's load is its queued rows plus the rows of its call in progress: counting only the
+                # queue would make a replica that just returned look overloaded next to busy ones, and copy its
+                # particles to replicas that cannot start them before their own call (and the export) is done.
+                loads = [float(sum(batch_cost(q.batch) for q in queues[r])) for r in range(len(self.replicas))]
+                for c in calls.values():
+                    if c.kind == "run":
+                        loads[c.replica] += sum(batch_cost(item.batch) for item in c.items)
+                # Searches still to be planned in this pass count on the replica holding their particles already,
+                # so that a replica whose searches come later in the pass does not look idle to earlier ones.
+                reserved: dict[int, tuple[int, float]] = {}
+                for key in ready:
+                    t = running[key]
+                    if t.batch is not None and not t.parts and t.batch.expands and key not in reserved:
+                        owners = t.holders.get(t.batch.expands[0].parent)
+                        if owners:
+                            home, rows = min(owners), float(batch_cost(t.batch))
+                            loads[home] += rows
+                            reserved[key] = (home, rows)
                 while ready:
-                    t = running[ready.popleft()]
+                    key = ready.popleft()
+                    t = running[key]
+                    if key in reserved:
+                        home, rows = reserved.pop(key)
+                        loads[home] -= rows
                     if t.batch is None or t.parts:
                         continue
                     if len(t.batch) == 0:  # releases only: nothing to compute

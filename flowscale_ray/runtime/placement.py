@@ -1,8 +1,15 @@
 """Where each request of a search batch runs (pure logic, no Ray).
 
 Particles live on the replica that created them. An `Expand` runs where its parent lives unless that
-replica is loaded more than `slack` rows above the least-loaded one; then it runs on the least-loaded replica
-and the parent is copied there first. `Init`s go to the least-loaded replica. Loads count velocity rows.
+replica is loaded more than `slack` rows plus `tolerance` times the least-loaded one's load above the
+least-loaded one; then it runs on the least-loaded replica and the parent is copied there first. `Init`s go
+to the least-loaded replica, together, under the same rule (so a search's particles start on one replica).
+Loads count velocity rows (queued and in progress).
+
+The relative tolerance keeps a steady state where every replica is busy from shuffling particles: loads
+there differ by a fraction of a call's rows, and a copy costs more than it saves (the parent's export waits for
+its replica's current call, and a search whose batch is split waits for the slowest part). A wide batch on an
+otherwise idle cluster (one prompt's 50 candidates, the other replicas at 0) still spreads.
 """
 
 from __future__ import annotations
@@ -17,15 +24,22 @@ def cost(req: Init | Expand) -> int:
     return 1 if isinstance(req, Init) else max(1, sum(1 for m in req.moves[1:] if not m.renoise) + 1)
 
 
+def batch_cost(batch: Batch) -> int:
+    """Velocity rows a batch costs (see `cost`)."""
+    return sum(cost(req) for req in batch.inits) + sum(cost(req) for req in batch.expands)
+
+
 @dataclass
 class Assignment:
     requests: dict[int, list[Init | Expand]] = field(default_factory=dict)  # replica -> its requests
     copies: list[tuple[int, int, int]] = field(default_factory=list)  # (pid, from replica, to replica)
 
 
-def plan_batch(batch: Batch, holders: dict[int, set[int]], loads: list[float], slack: float) -> Assignment:
+def plan_batch(
+    batch: Batch, holders: dict[int, set[int]], loads: list[float], slack: float, tolerance: float = 0.5
+) -> Assignment:
     """Assign a batch's requests to replicas. `holders` maps a live pid to the replicas holding it; `loads`
-    (updated in place) are the rows already queued per replica."""
+    (updated in place) are the rows already queued or in progress per replica."""
     if not loads:
         raise ValueError("no replicas")
     out = Assignment()
@@ -34,10 +48,16 @@ def plan_batch(batch: Batch, holders: dict[int, set[int]], loads: list[float], s
     def least() -> int:
         return min(range(len(loads)), key=lambda r: (loads[r], r))
 
-    for req in batch.inits:
-        r = least()
-        out.requests.setdefault(r, []).append(req)
-        loads[r] += cost(req)
+    def overloaded(home: int, m: int) -> bool:
+        return loads[home] - loads[m] > slack + tolerance * loads[m]
+
+    home_of_inits: int | None = None
+    for req in batch.inits:  # together on the least-loaded replica, spilling over only when it gets overloaded
+        m = least()
+        if home_of_inits is None or overloaded(home_of_inits, m):
+            home_of_inits = m
+        out.requests.setdefault(home_of_inits, []).append(req)
+        loads[home_of_inits] += cost(req)
     for req in batch.expands:
         owners = holders.get(req.parent)
         if not owners:
@@ -45,7 +65,7 @@ def plan_batch(batch: Batch, holders: dict[int, set[int]], loads: list[float], s
         home = min(owners, key=lambda r: (loads[r], r))
         target = home
         m = least()
-        if loads[home] - loads[m] > slack:
+        if overloaded(home, m):
             target = m
             if m not in owners and (req.parent, m) not in copied:
                 out.copies.append((req.parent, home, m))

@@ -1,0 +1,49 @@
+"""Placement (pure): where a search batch's requests run. Searches keep their particles on one replica unless
+that replica is clearly overloaded; a wide batch on idle replicas spreads; every request is placed once."""
+
+from flowscale_ray.runtime.placement import batch_cost, plan_batch
+from flowscale_ray.search.protocol import Batch, Expand, Init, Move, NoiseKey
+
+
+def expand(pid: int, parent: int) -> Expand:
+    return Expand(pid, parent, (Move(0.5, NoiseKey(0, 1, pid)),))
+
+
+def placed(assignment) -> list[int]:
+    return sorted(req.pid for reqs in assignment.requests.values() for req in reqs)
+
+
+def test_a_searchs_inits_start_together_on_the_least_loaded_replica():
+    batch = Batch(inits=tuple(Init(i, NoiseKey(i, 0, 0)) for i in range(2)), expands=())
+    loads = [30.0, 4.0, 28.0]
+    out = plan_batch(batch, {}, loads, slack=8)
+    assert list(out.requests) == [1] and placed(out) == [0, 1] and not out.copies
+    assert loads == [30.0, 6.0, 28.0]
+
+
+def test_busy_replicas_with_similar_loads_do_not_shuffle_particles():
+    """Steady state: every replica has a call's rows in progress; loads differ by a fraction of that."""
+    batch = Batch(inits=(), expands=tuple(expand(10 + i, i % 2) for i in range(6)))
+    loads = [40.0, 31.0, 36.0, 29.0]
+    out = plan_batch(batch, {0: {0}, 1: {0}}, loads, slack=8)
+    assert list(out.requests) == [0] and not out.copies and placed(out) == list(range(10, 16))
+
+
+def test_a_wide_batch_on_idle_replicas_spreads_and_copies_its_parents():
+    batch = Batch(inits=(), expands=tuple(expand(100 + i, i % 2) for i in range(50)))
+    loads = [0.0, 0.0, 0.0, 0.0]
+    out = plan_batch(batch, {0: {0}, 1: {0}}, loads, slack=2)
+    assert placed(out) == list(range(100, 150))  # every request exactly once
+    assert set(out.requests) == {0, 1, 2, 3}
+    assert max(loads) - min(loads) <= 2 + 0.5 * min(loads) + 1  # within the rule's tolerance (+ one request)
+    assert {(p, src) for p, src, _ in out.copies} <= {(0, 0), (1, 0)}
+    assert len(out.copies) == len({(p, dst) for p, _, dst in out.copies})  # each parent copied once per replica
+    for p, _, dst in out.copies:  # a copy goes where a child of that parent runs
+        assert any(r.parent == p for r in out.requests[dst])
+
+
+def test_batch_cost_counts_velocity_rows():
+    two_steps = Expand(5, 0, (Move(0.6, NoiseKey(0, 1, 0)), Move(0.3, NoiseKey(0, 2, 0))))
+    renoise = Expand(6, 0, (Move(0.6, NoiseKey(0, 1, 0)), Move(0.9, NoiseKey(0, 1, 1), renoise=True)))
+    batch = Batch(inits=(Init(1, NoiseKey(0, 0, 0)),), expands=(expand(4, 0), two_steps, renoise))
+    assert batch_cost(batch) == 1 + 1 + 2 + 1
