@@ -116,6 +116,7 @@ class _Queued:
     key: int
     batch: Batch
     copies: list[tuple[int, int]]  # (pid, source replica) to adopt before running
+    rows: float = 0.0  # velocity rows it costs (placement.batch_cost)
 
 
 @dataclass
@@ -127,6 +128,7 @@ class _Call:
     deadline: float = math.inf
     args: tuple = ()  # for reward calls: what to send again if the actor fails
     value: Any = None  # score_final: the finalize output waiting for its rewards
+    rows: float = 0.0  # run calls: velocity rows in progress (the replica's load until it returns)
 
 
 class RayExecutor:
@@ -279,10 +281,10 @@ class RayExecutor:
                 # A replica's load is its queued rows plus the rows of its call in progress: counting only the
                 # queue would make a replica that just returned look overloaded next to busy ones, and copy its
                 # particles to replicas that cannot start them before their own call (and the export) is done.
-                loads = [float(sum(batch_cost(q.batch) for q in queues[r])) for r in range(len(self.replicas))]
+                loads = [sum(q.rows for q in queues[r]) for r in range(len(self.replicas))]
                 for c in calls.values():
                     if c.kind == "run":
-                        loads[c.replica] += sum(batch_cost(item.batch) for item in c.items)
+                        loads[c.replica] += c.rows
                 # Searches still to be planned in this pass count on the replica holding their particles already,
                 # so that a replica whose searches come later in the pass does not look idle to earlier ones.
                 reserved: dict[int, tuple[int, float]] = {}
@@ -310,7 +312,11 @@ class RayExecutor:
                 if r not in busy and queues[r]:
                     ref = self._send(r, queues[r], releases[r], running)
                     calls[ref] = _Call(
-                        "run", r, items=queues[r], deadline=time.monotonic() + self.options.call_timeout_s
+                        "run",
+                        r,
+                        items=queues[r],
+                        deadline=time.monotonic() + self.options.call_timeout_s,
+                        rows=sum(q.rows for q in queues[r]),
                     )
                     queues[r], releases[r] = [], {}
                     busy.add(r)
@@ -434,7 +440,7 @@ class RayExecutor:
                 inits=tuple(q for q in reqs if isinstance(q, Init)),
                 expands=tuple(q for q in reqs if isinstance(q, Expand)),
             )
-            queues[r].append(_Queued(t.key, sub, copies.get(r, [])))
+            queues[r].append(_Queued(t.key, sub, copies.get(r, []), float(batch_cost(sub))))
             t.parts.add(r)
         t.results = {}
 
