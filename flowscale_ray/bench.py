@@ -1,12 +1,14 @@
 """`flowscale bench`: what users run to benchmark a cluster (or this machine).
 
-    flowscale bench [JOB.yaml] [--address ADDR] [--replicas 1,4,16,64] [--delay-ms 50] [--out bench.json]
+    flowscale bench [JOB.yaml] [--address ADDR] [--replicas 1,4,16,64] [--delay-ms 50] [--delay-batch 8]
+                    [--out bench.json]
 
 The model, reward, sampler, method and each replica's resources come from the job file (default: the built-in
 model and reward with RBF, `jobs/bench.yaml`'s settings). Two measurements (flowscale_ray/runtime/bench.py):
 the runtime's overhead against a plain torch loop (one replica, side by side in one run), and scaling over
-replica counts with replicas that sleep a fixed delay per call (`--delay-ms`, standing in for a GPU's time per
-batch; `--delay-ms 0` uses real model replicas instead). Writes a JSON report and prints a short table.
+replica counts with replicas that sleep a fixed delay per model call of a fixed shape (`--delay-ms` per
+`--delay-batch` rows, standing in for a GPU's time per batch; `--delay-batch 0`: per replica call; `--delay-ms 0`
+uses real model replicas instead). Writes a JSON report and prints a short table.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         type=float,
         default=50.0,
         help="delay per replica call in the scaling run (default 50); 0: real model replicas",
+    )
+    p.add_argument(
+        "--delay-batch",
+        type=int,
+        default=8,
+        metavar="ROWS",
+        help="rows per delayed model call: a replica call of R rows sleeps ceil(R/ROWS) delays, as a GPU running "
+        "a fixed batch shape (default 8); 0: one delay per replica call, whatever its size (a driver stress test)",
     )
     p.add_argument("--per-replica", type=int, default=8, metavar="N", help="prompts in flight per replica (8)")
     p.add_argument("--prompts", type=int, default=16, metavar="N", help="prompts in the overhead run (16)")
@@ -78,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
             return _error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     if args.delay_ms < 0:
         return _error(f"--delay-ms: must be >= 0, got {args.delay_ms}")
+    if args.delay_batch < 0:
+        return _error(f"--delay-batch: must be >= 0, got {args.delay_batch}")
     try:
         if args.job:
             job = read_job_file(args.job, list(args.overrides))
@@ -121,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             "sampler": dataclasses.asdict(job.sampler),
             "replicas": counts,
             "delay_ms": args.delay_ms,
+            "delay_batch": args.delay_batch,
             "per_replica": args.per_replica,
             "overhead_prompts": args.prompts,
         },
@@ -130,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"overhead: {args.prompts} prompts, {job.method.name} on {job.model.name}, one replica ...")
             report["overhead"] = overhead(setup, args.prompts, timeout_s=job.executor.call_timeout_s)
         if not args.skip_scaling:
-            what = f"{args.delay_ms:g} ms delay replicas" if args.delay_ms > 0 else f"{job.model.name} replicas"
+            per = f"per {args.delay_batch} rows" if args.delay_batch else "per call"
+            what = f"{args.delay_ms:g} ms {per} delay replicas" if args.delay_ms > 0 else f"{job.model.name} replicas"
             print(f"scaling: {what} at {', '.join(map(str, counts))} replicas, {args.per_replica} prompts each ...")
             report["scaling"] = scaling(
                 setup,
@@ -138,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
                 args.per_replica,
                 args.delay_ms / 1000 if args.delay_ms > 0 else None,
                 timeout_s=job.executor.call_timeout_s,
+                delay_batch=args.delay_batch or None,
             )
     finally:
         if started:

@@ -47,6 +47,7 @@ def test_bench_report_is_consistent(local_ray, tmp_path, capsys):
             "--set", "executor.num_cpus=0.5",
             "--replicas", "1,2",
             "--delay-ms", "5",
+            "--delay-batch", "4",
             "--per-replica", "2",
             "--prompts", "3",
             "--out", str(out),
@@ -70,6 +71,7 @@ def test_bench_report_is_consistent(local_ray, tmp_path, capsys):
         assert r["rounds"] >= r["calls_per_replica"] * r["replicas"] - 1e-9
         assert r["driver_ms_per_round"] > 0
     assert report["cluster"]["cpus"] == 2.0
+    assert report["settings"]["delay_batch"] == 4
     printed = capsys.readouterr().out
     assert "Ray, 1 rep" in printed and "efficiency" in printed
 
@@ -88,6 +90,7 @@ def test_bench_job_file_matches_the_built_in_default():
         (["--replicas", "0"], "--replicas: expected comma-separated counts"),
         (["--per-replica", "0"], "--per-replica: must be >= 1"),
         (["--delay-ms", "-1"], "--delay-ms: must be >= 0"),
+        (["--delay-batch", "-2"], "--delay-batch: must be >= 0"),
         (["--set", "method.nfe_budget=-3"], "method.nfe_budget"),
     ],
 )

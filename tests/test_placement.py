@@ -1,6 +1,8 @@
 """Placement (pure): where a search batch's requests run. Searches keep their particles on one replica unless
 that replica is clearly overloaded; a wide batch on idle replicas spreads; every request is placed once."""
 
+import pytest
+
 from flowscale_ray.runtime.placement import batch_cost, plan_batch
 from flowscale_ray.search.protocol import Batch, Expand, Init, Move, NoiseKey
 
@@ -47,3 +49,14 @@ def test_batch_cost_counts_velocity_rows():
     renoise = Expand(6, 0, (Move(0.6, NoiseKey(0, 1, 0)), Move(0.9, NoiseKey(0, 1, 1), renoise=True)))
     batch = Batch(inits=(Init(1, NoiseKey(0, 0, 0)),), expands=(expand(4, 0), two_steps, renoise))
     assert batch_cost(batch) == 1 + 1 + 2 + 1
+
+
+def test_delay_replica_sleeps_once_per_micro_batch_of_rows():
+    """The GPU stand-in: a fixed time per model call of a fixed shape (padded), or per replica call."""
+    from flowscale_ray.core.dynamics import SamplerSpec
+    from flowscale_ray.runtime.delay import DelayReplica
+
+    shaped = DelayReplica(None, SamplerSpec(), None, None, micro_batch=8, delay_per_call=0.05)
+    assert [shaped._delay(rows) for rows in (1, 8, 9, 24)] == pytest.approx([0.05, 0.05, 0.1, 0.15])
+    per_call = DelayReplica(None, SamplerSpec(), None, None, micro_batch=None, delay_per_call=0.05)
+    assert per_call._delay(100) == 0.05

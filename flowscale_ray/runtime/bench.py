@@ -6,8 +6,9 @@ executor, recording the batch size of every model call, then times a plain torch
 model calls on random inputs and nothing else. Then the Ray runtime runs the same searches with one replica.
 Ratio = plain-loop time / Ray time (target >= 0.9).
 
-Scaling: n replicas whose work is a fixed delay per call (`DelayReplica`, standing in for a GPU's time per
-batch), or n real model replicas. Work grows with n (`per_replica` prompts in flight per replica); a warm-up
+Scaling: n replicas whose work is a fixed delay per model call of a fixed shape (`DelayReplica`, standing in
+for a GPU's time per batch: `delay_batch` rows per call, or one delay per replica call), or n real model
+replicas. Work grows with n (`per_replica` prompts in flight per replica); a warm-up
 run on the same actors comes first, so actor start-up and first-call imports are not measured. Parallel
 efficiency = throughput(n) / (n x throughput(n_min) / n_min); busy = replica busy time / (n x wall); and the
 driver's own CPU time per scheduling round (one replica call sent and its results processed).
@@ -170,8 +171,10 @@ def scaling(
     delay_s: float | None,
     timeout_s: float = 3600.0,
     log=print,
+    delay_batch: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Throughput at each replica count. `delay_s`: DelayReplica with that delay per call; None: real replicas."""
+    """Throughput at each replica count. `delay_s`: DelayReplica with that delay per model call of `delay_batch`
+    rows (None: per replica call); `delay_s` None: real model replicas."""
     from flowscale_ray.runtime.delay import DelayReplica
     from flowscale_ray.runtime.driver import RayExecutor, RuntimeOptions
     from flowscale_ray.runtime.replica import ReplicaWorker
@@ -188,7 +191,7 @@ def scaling(
                 in_flight=per_replica * n,
                 num_cpus=0.01 if delay else setup.num_cpus,
                 num_gpus=0.0 if delay else setup.num_gpus,
-                micro_batch=setup.micro_batch,
+                micro_batch=delay_batch if delay else setup.micro_batch,
                 delay_per_call=delay_s or 0.0,
                 call_timeout_s=timeout_s,
             ),

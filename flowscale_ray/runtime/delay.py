@@ -1,5 +1,8 @@
 """DelayReplica: a stand-in for a GPU replica whose work is a fixed delay per batch (torch-free, light).
 
+With `micro_batch` set (the fixed model-call shape a GPU replica uses), each call sleeps the delay once per
+micro-batch of velocity rows, as a GPU takes a fixed time per batch of that shape; without it, once per call.
+
 It speaks the ReplicaWorker protocol, so the real driver schedules it exactly like a model replica; rewards
 are a deterministic hash of (prompt, pid), so searches make real decisions. Used by the scaling benchmark
 and `flowscale bench --model delay` to measure the driver's own limits without GPUs.
@@ -30,6 +33,7 @@ class DelayReplica:
     ) -> None:
         self.incarnation = uuid.uuid4().hex
         self.delay = delay_per_call
+        self.micro_batch = micro_batch  # set: the delay is per model call of this many rows (a GPU's fixed shape)
         self.grid = sampler.grid_times()
         self.live: dict[Any, set[int]] = {}
         self.prompts: dict[Any, str] = {}
@@ -76,7 +80,7 @@ class DelayReplica:
                 self.live.setdefault(key, set()).add(r.pid)
                 rows += r.nfe
             out[key] = res
-        time.sleep(self.delay)
+        time.sleep(self._delay(rows))
         self.nfe += rows
         self.rows.append(rows)
         busy = time.perf_counter() - started
@@ -86,10 +90,17 @@ class DelayReplica:
         out[CALL_STATS] = {"seconds": busy, "step_seconds": busy, "reward_seconds": 0.0, "rows": count, "nfe": rows}
         return out, None
 
+    def _delay(self, rows: int) -> float:
+        """Seconds a call of `rows` velocity rows takes: one delay per model call of `micro_batch` rows (padded,
+        as the engine pads), or one delay per replica call when no micro-batch is set."""
+        if self.micro_batch is None:
+            return self.delay
+        return self.delay * -(-rows // self.micro_batch)
+
     def replay(self, key: Any, prompt: Any, seed: int, requests: Sequence[Any], keep: Sequence[int]) -> int:
         self.prompts[key] = prompt.id
         self.live.setdefault(key, set()).update(keep)
-        time.sleep(self.delay)
+        time.sleep(self._delay(len(requests)))
         return len(requests)
 
     def export(self, key: Any, pids: Sequence[int]) -> list[tuple[int, None]]:
