@@ -34,7 +34,7 @@ def main() -> None:
             raise SystemExit(2)
         report = json.loads(Path(args.out).read_text())
     cmd = "python -m benchmarks.runtime " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("replicas", "delay_ms", "per_replica")
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("replicas", "delay_ms", "delay_batch", "per_replica")
     )
     save("runtime", report, f"```\n{format_report(report)}\n```\n\nMeasured with `{cmd}`.")
 
