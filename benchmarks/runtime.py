@@ -33,8 +33,9 @@ def main() -> None:
         if bench(args) != 0:
             raise SystemExit(2)
         report = json.loads(Path(args.out).read_text())
+    shown = ("replicas", "delay_ms", "delay_batch", "per_replica")
     cmd = "python -m benchmarks.runtime " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("replicas", "delay_ms", "delay_batch", "per_replica")
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in shown
     )
     save("runtime", report, f"```\n{format_report(report)}\n```\n\nMeasured with `{cmd}`.")
 

@@ -5,33 +5,15 @@ numbers are consistent with each other and that bad arguments fail with one line
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 
 from flowscale_ray.bench import DEFAULT_JOB
 from flowscale_ray.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-    )
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.slow

@@ -128,6 +128,7 @@ def test_images_top_k_and_readback(tmp_path):
 
 def test_hugging_face_datasets_decodes_the_images(tmp_path):
     import datasets  # a dev dependency: the dataset must load as Hugging Face `datasets` reads it
+
     run(job_doc(tmp_path / "out"), tmp_path)
     data = datasets.load_dataset(
         "parquet", data_files=str(tmp_path / "out" / "toy" / "data" / "*.parquet"), split="train"

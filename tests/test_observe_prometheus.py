@@ -3,7 +3,6 @@ Prometheus (Debian's package, started here on 127.0.0.1) scrapes a live run on a
 and every dashboard panel's PromQL expression must parse and return data."""
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -109,24 +108,6 @@ def api(base: str, path: str, **params) -> dict:
     url = f"{base}{path}?{urllib.parse.urlencode(params)}" if params else f"{base}{path}"
     with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-    )
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture

@@ -31,22 +31,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",  # loopback only
-    )
-    yield
-    ray.shutdown()
-
-
 def tasks_for(name, n=5):
     cls = METHODS[name]
     method = cls(cls.Config(**SMALL[name]))

@@ -226,3 +226,27 @@ def check_positive_int(field: str, value: Any) -> int:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_checked(
+    pipeline_cls: Any,
+    path: str,
+    label: str,
+    layout: Any,
+    dtype: str | None,
+    device: str,
+    resolution_shift: bool,
+    attention: str | None,
+    max_sequence_length: int,
+) -> tuple[Any, torch.device, torch.dtype]:
+    """What both adapters do before building their model: check the shared options, load the pipeline's
+    components from `path` and set the attention backend. Returns (pipeline, device, dtype)."""
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if not isinstance(resolution_shift, bool):
+        raise ValueError(f"model.resolution_shift: expected true or false, got {resolution_shift!r}")
+    check_positive_int("model.max_sequence_length", max_sequence_length)
+    check_attention(attention)
+    pipe = load_pipeline(pipeline_cls, path, label, layout, torch_dtype)
+    set_attention(pipe.transformer, attention)
+    return pipe, dev, torch_dtype

@@ -138,16 +138,11 @@ def load_flux(
     """FLUX from a hub id or a local diffusers folder (see docs/models.md for the options)."""
     from diffusers import FluxPipeline
 
-    dev = dc.resolve_device(device)
-    torch_dtype = dc.resolve_dtype(dtype, dev)
-    if not isinstance(resolution_shift, bool):
-        raise ValueError(f"model.resolution_shift: expected true or false, got {resolution_shift!r}")
     if guidance_scale is not None and not isinstance(guidance_scale, int | float):
         raise ValueError(f"model.guidance_scale: expected a number, got {guidance_scale!r}")
-    dc.check_positive_int("model.max_sequence_length", max_sequence_length)
-    dc.check_attention(attention)
-    pipe = dc.load_pipeline(FluxPipeline, path, "FLUX", FLUX_LAYOUT, torch_dtype)
-    dc.set_attention(pipe.transformer, attention)
+    pipe, dev, torch_dtype = dc.load_checked(
+        FluxPipeline, path, "FLUX", FLUX_LAYOUT, dtype, device, resolution_shift, attention, max_sequence_length
+    )
     return FluxFlowModel(
         pipe, height, width, guidance_scale, resolution_shift, max_sequence_length, dev, torch_dtype, f"flux:{path}"
     )

@@ -141,16 +141,19 @@ def load_sd3(
     """SD3 from a hub id or a local diffusers folder (see docs/models.md for the options)."""
     from diffusers import StableDiffusion3Pipeline
 
-    dev = dc.resolve_device(device)
-    torch_dtype = dc.resolve_dtype(dtype, dev)
-    if not isinstance(resolution_shift, bool):
-        raise ValueError(f"model.resolution_shift: expected true or false, got {resolution_shift!r}")
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or guidance_scale < 0:
         raise ValueError(f"model.guidance_scale: expected a number >= 0 (<= 1: no guidance), got {guidance_scale!r}")
-    dc.check_positive_int("model.max_sequence_length", max_sequence_length)
-    dc.check_attention(attention)
-    pipe = dc.load_pipeline(StableDiffusion3Pipeline, path, "SD3", SD3_LAYOUT, torch_dtype)
-    dc.set_attention(pipe.transformer, attention)
+    pipe, dev, torch_dtype = dc.load_checked(
+        StableDiffusion3Pipeline,
+        path,
+        "SD3",
+        SD3_LAYOUT,
+        dtype,
+        device,
+        resolution_shift,
+        attention,
+        max_sequence_length,
+    )
     return SD3FlowModel(
         pipe, height, width, guidance_scale, resolution_shift, max_sequence_length, dev, torch_dtype, f"sd3:{path}"
     )
