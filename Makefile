@@ -28,6 +28,9 @@ prometheus:
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
 
+bench: $(STAMP)  # the runtime benchmarks (overhead, scaling); figures in benchmarks/results/runtime.*
+	$(PY) -m benchmarks.runtime
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
