@@ -152,6 +152,19 @@ def test_curation_job_parses_and_has_the_required_fields():
     assert job.storage.key is None and job.storage.secret is None  # credentials never in the file
 
 
+def test_curation_job_needs_no_model_folder_on_the_head_node_for_its_grid():
+    """The driver builds the grid on the head node, which has no FLUX folder: the job gives FLUX.1-dev's
+    resolution shift at its size (exp(mu), with the scheduler's default shift parameters)."""
+    from flowscale_ray.job import resolve_sampler_shift
+    from flowscale_ray.models.diffusers_common import dynamic_shift
+
+    job = read_job_file(ROOT / "jobs/curation_flux.yaml")
+    assert job.model.options["resolution_shift"] is True
+    tokens = (job.model.options["height"] // 16) * (job.model.options["width"] // 16)  # VAE /8, 2x2 packing
+    assert job.sampler.shift == pytest.approx(dynamic_shift(tokens, {}), abs=1e-4)
+    assert resolve_sampler_shift(job) is job  # nothing to read from a model folder
+
+
 def test_runtime_env_is_valid_and_keeps_the_upload_small():
     from ray.runtime_env import RuntimeEnv
 
