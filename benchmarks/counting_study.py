@@ -43,9 +43,10 @@ TABLE1: list[tuple[str, dict[str, Any], list[str]]] = [
 BUDGETS = [50, 100, 300, 500, 1000]
 
 
-def run_config(model, reward, held, prompts, method_name, settings, preset, seed=0) -> dict[str, Any]:
+def run_config(model, reward, held, prompts, method_name, settings, preset, seed=0, spec=None) -> dict[str, Any]:
+    """One Table 1 cell. `spec` overrides the preset's sampler (the tuned VP-SDE of counting_vp_tuned.py)."""
     method = METHODS[method_name](METHODS[method_name].Config(**settings))
-    spec = SamplerSpec(**SAMPLER_PRESETS[preset])
+    spec = spec or SamplerSpec(**SAMPLER_PRESETS[preset])
     ex = InProcessExecutor(ParticleEngine(model, spec), reward, held, in_flight=len(prompts))
     t0 = time.perf_counter()
     results = sorted(ex.run([SearchTask(p, method, seed) for p in prompts]), key=lambda r: r.prompt.id)
