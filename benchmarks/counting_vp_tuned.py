@@ -8,8 +8,10 @@ VP-SDE rows of Table 1 with those settings on the same 50 evaluation prompts and
 accuracy 0.90).
 
     .venv/bin/python -m benchmarks.counting_vp_tuned --norm 8 [--methods base rbf smc code svdd]
+    .venv/bin/python -m benchmarks.counting_vp_tuned --norm 8 --methods --budgets 50 100 300 1000 \
+        --name counting_vp_tuned_scaling
 
-Writes benchmarks/results/counting_vp_tuned.{json,md}.
+Writes benchmarks/results/<name>.{json,md} (default counting_vp_tuned).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=50)
     ap.add_argument("--norm", type=float, required=True, help="diffusion norm chosen on tuning prompts")
     ap.add_argument("--grid", default="uniform")
-    ap.add_argument("--methods", nargs="+", default=["base", "rbf", "smc", "code", "svdd"])
+    ap.add_argument("--methods", nargs="*", default=["base", "rbf", "smc", "code", "svdd"])
+    ap.add_argument("--budgets", type=int, nargs="*", default=[], help="RBF NFE budgets (Table 4 layout)")
+    ap.add_argument("--name", default="counting_vp_tuned", help="results file name")
     args = ap.parse_args()
     texts = list(shapes.evaluation_prompts())[: args.prompts]
     prompts = [Prompt(f"eval-{i:03d}", t) for i, t in enumerate(texts)]
@@ -46,8 +50,9 @@ def main() -> None:
         "| method | sampler | NFE | given reward (-RSS) | accuracy | held-out |",
         "|---|---|---|---|---|---|",
     ]
-    for name in args.methods:
-        row = run_config(model, reward, held, prompts, name, settings[name], "vp-sde", spec=spec)
+    runs = [(name, settings[name]) for name in args.methods] + [("rbf", {"nfe_budget": b}) for b in args.budgets]
+    for name, method_settings in runs:
+        row = run_config(model, reward, held, prompts, name, method_settings, "vp-sde", spec=spec)
         row.pop("images")
         row["sampler_spec"] = spec.__dict__
         rows.append(row)
@@ -57,7 +62,7 @@ def main() -> None:
             f"{row['held_out']:.3f} ± {row['held_out_se']:.3f} |"
         )
         print(md[-1], flush=True)
-        save("counting_vp_tuned", {"args": vars(args), "rows": rows}, "\n".join(md))
+        save(args.name, {"args": vars(args), "rows": rows}, "\n".join(md))
 
 
 if __name__ == "__main__":
