@@ -1,4 +1,5 @@
-"""What the FLUX and SD3 adapters share: option checks, device/dtype, folder checks, loading, prompt cache.
+"""What the FLUX and SD3 adapters share: option checks, device/dtype, folder checks, loading, prompt cache,
+and the model base class (`DiffusersFlowModel`: the pipeline on its device, cached encodings, VAE decoding).
 
 diffusers is imported only inside functions (it costs seconds to import), so registering these models
 costs nothing until one is built.
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowscale_ray.models.base import Condition, cat_conditions
+from flowscale_ray.models.base import Condition, FlowModel, cat_conditions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|auto)$")
@@ -250,3 +251,30 @@ def load_checked(
     pipe = load_pipeline(pipeline_cls, path, label, layout, torch_dtype)
     set_attention(pipe.transformer, attention)
     return pipe, dev, torch_dtype
+
+
+class DiffusersFlowModel(FlowModel):
+    """What a loaded FLUX or SD3 pipeline has in common behind the model contract: the pipeline on its device,
+    its transformer and VAE, prompt encodings computed once per prompt (`_encode_batch`, cached), and decoding
+    with the VAE's scaling and shift. Subclasses implement `_encode_batch` and `velocity`."""
+
+    def __init__(
+        self, pipe: Any, max_sequence_length: int, device: torch.device, dtype: torch.dtype, model_id: str
+    ) -> None:
+        self.pipe = pipe.to(device)
+        self.device, self.dtype, self.model_id = device, dtype, model_id
+        self.transformer, self.vae = pipe.transformer, pipe.vae
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.max_sequence_length = max_sequence_length
+        self.prompt_cache = PromptCache(self._encode_batch)
+
+    def _encode_batch(self, prompts: list[str]) -> Condition:
+        raise NotImplementedError
+
+    def encode(self, prompts: Sequence[str]) -> Condition:
+        return self.prompt_cache(prompts)
+
+    @torch.no_grad()
+    def decode(self, x0: Tensor) -> Tensor:
+        cfg = self.vae.config
+        return decode_latents(self.vae, x0.float() / cfg.scaling_factor + cfg.shift_factor)

@@ -16,14 +16,13 @@ diffusers_common).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from flowscale_ray.models import diffusers_common as dc
-from flowscale_ray.models.base import Condition, FlowModel
+from flowscale_ray.models.base import Condition
 from flowscale_ray.models.registry import register_model
 
 FLUX_LAYOUT = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
@@ -53,7 +52,7 @@ def latent_size(height: int, width: int, vae_scale_factor: int) -> tuple[int, in
     return 2 * (height // (vae_scale_factor * 2)), 2 * (width // (vae_scale_factor * 2))
 
 
-class FluxFlowModel(FlowModel):
+class FluxFlowModel(dc.DiffusersFlowModel):
     """A loaded FluxPipeline; see the module docstring."""
 
     def __init__(
@@ -68,10 +67,7 @@ class FluxFlowModel(FlowModel):
         dtype: torch.dtype,
         model_id: str,
     ) -> None:
-        self.pipe = pipe.to(device)
-        self.device, self.dtype, self.model_id = device, dtype, model_id
-        self.transformer, self.vae = pipe.transformer, pipe.vae
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        super().__init__(pipe, max_sequence_length, device, dtype, model_id)
         dc.check_size(height, width, 2 * self.vae_scale_factor)
         self.height, self.width = height, width
         self.h, self.w = latent_size(height, width, self.vae_scale_factor)
@@ -82,11 +78,9 @@ class FluxFlowModel(FlowModel):
                 "model.guidance_scale: this FLUX transformer has no guidance embedding (FLUX.1-schnell); leave it unset"
             )
         self.guidance_scale = (3.5 if guidance_scale is None else float(guidance_scale)) if has_guidance else None
-        self.max_sequence_length = max_sequence_length
         seq_len = (self.h // 2) * (self.w // 2)
         self.grid_shift = dc.dynamic_shift(seq_len, dict(pipe.scheduler.config)) if resolution_shift else 1.0
         self.img_ids = image_ids(self.h, self.w).to(device, dtype)
-        self.prompt_cache = dc.PromptCache(self._encode_batch)
 
     @torch.no_grad()
     def _encode_batch(self, prompts: list[str]) -> Condition:
@@ -94,9 +88,6 @@ class FluxFlowModel(FlowModel):
             prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
         )
         return {"prompt_embeds": embeds.to(self.dtype), "pooled": pooled.to(self.dtype)}
-
-    def encode(self, prompts: Sequence[str]) -> Condition:
-        return self.prompt_cache(prompts)
 
     @torch.no_grad()
     def velocity(self, x: Tensor, t: Tensor, cond: Condition) -> Tensor:
@@ -116,11 +107,6 @@ class FluxFlowModel(FlowModel):
             return_dict=False,
         )[0]
         return unpack(out, self.h, self.w)
-
-    @torch.no_grad()
-    def decode(self, x0: Tensor) -> Tensor:
-        cfg = self.vae.config
-        return dc.decode_latents(self.vae, x0.float() / cfg.scaling_factor + cfg.shift_factor)
 
 
 @register_model("flux")

@@ -13,14 +13,13 @@ computed once. Prompt encodings (two CLIP encoders + T5, text_encoder_3 optional
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from flowscale_ray.models import diffusers_common as dc
-from flowscale_ray.models.base import Condition, FlowModel
+from flowscale_ray.models.base import Condition
 from flowscale_ray.models.registry import register_model
 
 SD3_LAYOUT = (
@@ -41,7 +40,7 @@ def _grid_shift(scheduler_config: dict[str, Any], seq_len: int, resolution_shift
     return float(scheduler_config.get("shift", 1.0))
 
 
-class SD3FlowModel(FlowModel):
+class SD3FlowModel(dc.DiffusersFlowModel):
     """A loaded StableDiffusion3Pipeline; see the module docstring."""
 
     def __init__(
@@ -56,19 +55,14 @@ class SD3FlowModel(FlowModel):
         dtype: torch.dtype,
         model_id: str,
     ) -> None:
-        self.pipe = pipe.to(device)
-        self.device, self.dtype, self.model_id = device, dtype, model_id
-        self.transformer, self.vae = pipe.transformer, pipe.vae
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        super().__init__(pipe, max_sequence_length, device, dtype, model_id)
         patch = self.transformer.config.patch_size
         dc.check_size(height, width, self.vae_scale_factor * patch)
         self.height, self.width = height, width
         h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
         self.latent_shape = (self.transformer.config.in_channels, h, w)
         self.guidance_scale = float(guidance_scale)
-        self.max_sequence_length = max_sequence_length
         self.grid_shift = _grid_shift(dict(pipe.scheduler.config), (h // patch) * (w // patch), resolution_shift)
-        self.prompt_cache = dc.PromptCache(self._encode_batch)
         self._null: Condition | None = None
 
     @property
@@ -86,9 +80,6 @@ class SD3FlowModel(FlowModel):
             max_sequence_length=self.max_sequence_length,
         )
         return {"prompt_embeds": embeds.to(self.dtype), "pooled": pooled.to(self.dtype)}
-
-    def encode(self, prompts: Sequence[str]) -> Condition:
-        return self.prompt_cache(prompts)
 
     def null_condition(self) -> Condition:
         """The unconditional (empty prompt) row, encoded once."""
@@ -119,11 +110,6 @@ class SD3FlowModel(FlowModel):
             return out
         v_uncond, v_cond = out.chunk(2)
         return v_uncond + self.guidance_scale * (v_cond - v_uncond)
-
-    @torch.no_grad()
-    def decode(self, x0: Tensor) -> Tensor:
-        cfg = self.vae.config
-        return dc.decode_latents(self.vae, x0.float() / cfg.scaling_factor + cfg.shift_factor)
 
 
 @register_model("sd3")
