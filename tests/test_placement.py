@@ -60,3 +60,10 @@ def test_delay_replica_sleeps_once_per_micro_batch_of_rows():
     assert [shaped._delay(rows) for rows in (1, 8, 9, 24)] == pytest.approx([0.05, 0.05, 0.1, 0.15])
     per_call = DelayReplica(None, SamplerSpec(), None, None, micro_batch=None, delay_per_call=0.05)
     assert per_call._delay(100) == 0.05
+
+
+def test_assignment_rows_are_the_cost_of_each_replicas_requests():
+    batch = Batch(inits=(), expands=tuple(expand(100 + i, i % 2) for i in range(50)))
+    out = plan_batch(batch, {0: {0}, 1: {0}}, [0.0, 0.0, 0.0, 0.0], slack=2)
+    for r, reqs in out.requests.items():
+        assert out.rows[r] == batch_cost(Batch(inits=(), expands=tuple(reqs)))

@@ -440,7 +440,7 @@ class RayExecutor:
                 inits=tuple(q for q in reqs if isinstance(q, Init)),
                 expands=tuple(q for q in reqs if isinstance(q, Expand)),
             )
-            queues[r].append(_Queued(t.key, sub, copies.get(r, []), float(batch_cost(sub))))
+            queues[r].append(_Queued(t.key, sub, copies.get(r, []), plan.rows[r]))
             t.parts.add(r)
         t.results = {}
 

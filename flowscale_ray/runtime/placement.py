@@ -33,6 +33,13 @@ def batch_cost(batch: Batch) -> int:
 class Assignment:
     requests: dict[int, list[Init | Expand]] = field(default_factory=dict)  # replica -> its requests
     copies: list[tuple[int, int, int]] = field(default_factory=list)  # (pid, from replica, to replica)
+    rows: dict[int, float] = field(default_factory=dict)  # replica -> velocity rows of its requests
+
+    def place(self, r: int, req: Init | Expand, loads: list[float]) -> None:
+        rows = cost(req)
+        self.requests.setdefault(r, []).append(req)
+        self.rows[r] = self.rows.get(r, 0.0) + rows
+        loads[r] += rows
 
 
 def plan_batch(
@@ -56,8 +63,7 @@ def plan_batch(
         m = least()
         if home_of_inits is None or overloaded(home_of_inits, m):
             home_of_inits = m
-        out.requests.setdefault(home_of_inits, []).append(req)
-        loads[home_of_inits] += cost(req)
+        out.place(home_of_inits, req, loads)
     for req in batch.expands:
         owners = holders.get(req.parent)
         if not owners:
@@ -70,6 +76,5 @@ def plan_batch(
             if m not in owners and (req.parent, m) not in copied:
                 out.copies.append((req.parent, home, m))
                 copied.add((req.parent, m))
-        out.requests.setdefault(target, []).append(req)
-        loads[target] += cost(req)
+        out.place(target, req, loads)
     return out
