@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flowscale_ray.observe.recorder import CALL_STATS
-from flowscale_ray.runtime.messages import ComponentSpec, ParticleResult
+from flowscale_ray.runtime.messages import ComponentSpec
 
 
 class DelayReplica:
@@ -52,7 +52,7 @@ class DelayReplica:
         digest = hashlib.blake2b(f"{self.prompts.get(key, '')}:{pid}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") / 2**64
 
-    def run(self, work, opens=(), releases=(), adopt_keys=(), *adopt_states) -> dict[Any, list[ParticleResult]]:
+    def run(self, work, opens=(), releases=(), adopt_keys=(), *adopt_states) -> tuple[dict[Any, list[tuple]], None]:
         started = time.perf_counter()
         for key, prompt, _seed in opens:
             self.prompts[key] = prompt.id
@@ -61,7 +61,7 @@ class DelayReplica:
             self.live.get(key, set()).difference_update(pids)
         for key, states in zip(adopt_keys, adopt_states, strict=True):
             self.live.setdefault(key, set()).update(pid for pid, _ in states)
-        out: dict[Any, list[ParticleResult]] = {}
+        out: dict[Any, Any] = {}
         rows = 0
         from flowscale_ray.search.protocol import Batch
 
@@ -69,16 +69,14 @@ class DelayReplica:
             batch = Batch.unpack(packed)
             res = []
             for req in batch.inits:
-                res.append(
-                    ParticleResult(req.pid, 1, self.grid[0], self._reward(key, req.pid) if req.score else float("nan"))
-                )
+                res.append((req.pid, 1, self.grid[0], self._reward(key, req.pid) if req.score else float("nan"), None))
             for req in batch.expands:
                 nfe = sum(1 for i, m in enumerate(req.moves) if i > 0 and not m.renoise) + 1
                 s = req.moves[-1].s_to
-                res.append(ParticleResult(req.pid, nfe, s, self._reward(key, req.pid) if req.score else float("nan")))
-            for r in res:
-                self.live.setdefault(key, set()).add(r.pid)
-                rows += r.nfe
+                res.append((req.pid, nfe, s, self._reward(key, req.pid) if req.score else float("nan"), None))
+            for pid, nfe, *_ in res:  # ParticleResult fields
+                self.live.setdefault(key, set()).add(pid)
+                rows += nfe
             out[key] = res
         time.sleep(self._delay(rows))
         self.nfe += rows

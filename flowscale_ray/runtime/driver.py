@@ -369,7 +369,8 @@ class RayExecutor:
                     for item in call.items:
                         t = running[item.key]
                         rows = []
-                        for res in value.get(item.key, []):
+                        for row in value.get(item.key, ()):
+                            res = ParticleResult(*row)
                             t.results[res.pid] = res
                             t.holders[res.pid] = {call.replica}
                             if res.preview is not None and previews is not None:

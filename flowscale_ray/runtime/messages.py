@@ -14,8 +14,12 @@ class ComponentSpec:
     options: dict[str, Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class ParticleResult:
+    """One evaluated particle. Replicas send it as the plain tuple of its fields, in this order: Ray ships plain
+    tuples through msgpack, while a dataclass goes through cloudpickle, about 10x slower on both ends (measured:
+    48 vs 4 us to pickle a call's 32 results), and the driver handles hundreds of calls a second."""
+
     pid: int
     nfe: int
     s: float

@@ -51,30 +51,40 @@ def plan_batch(
         raise ValueError("no replicas")
     out = Assignment()
     copied: set[tuple[int, int]] = set()
+    least: int | None = None  # the least-loaded replica; only a placement on it can change which one that is
 
-    def least() -> int:
-        return min(range(len(loads)), key=lambda r: (loads[r], r))
+    def lightest() -> int:
+        nonlocal least
+        if least is None:
+            least = min(range(len(loads)), key=lambda r: (loads[r], r))
+        return least
 
     def overloaded(home: int, m: int) -> bool:
         return loads[home] - loads[m] > slack + tolerance * loads[m]
 
+    def place(r: int, req: Init | Expand) -> None:
+        nonlocal least
+        out.place(r, req, loads)
+        if r == least:
+            least = None
+
     home_of_inits: int | None = None
     for req in batch.inits:  # together on the least-loaded replica, spilling over only when it gets overloaded
-        m = least()
+        m = lightest()
         if home_of_inits is None or overloaded(home_of_inits, m):
             home_of_inits = m
-        out.place(home_of_inits, req, loads)
+        place(home_of_inits, req)
     for req in batch.expands:
         owners = holders.get(req.parent)
         if not owners:
             raise KeyError(f"parent {req.parent} of particle {req.pid} is not on any replica")
-        home = min(owners, key=lambda r: (loads[r], r))
+        home = min(owners, key=lambda r: (loads[r], r)) if len(owners) > 1 else next(iter(owners))
         target = home
-        m = least()
+        m = lightest()
         if overloaded(home, m):
             target = m
             if m not in owners and (req.parent, m) not in copied:
                 out.copies.append((req.parent, home, m))
                 copied.add((req.parent, m))
-        out.place(target, req, loads)
+        place(target, req)
     return out

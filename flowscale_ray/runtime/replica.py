@@ -24,7 +24,7 @@ from flowscale_ray.execution.inprocess import score
 from flowscale_ray.observe.recorder import CALL_STATS, CallStats
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards.base import Reward
-from flowscale_ray.runtime.messages import ComponentSpec, ParticleResult
+from flowscale_ray.runtime.messages import ComponentSpec
 from flowscale_ray.search.protocol import Batch, Expand, Init
 
 
@@ -79,7 +79,7 @@ class ReplicaWorker:
         releases: Sequence[tuple[Any, Sequence[int]]] = (),
         adopt_keys: Sequence[Any] = (),
         *adopt_states: list[tuple[int, Particle]],
-    ) -> tuple[dict[Any, list[ParticleResult]], torch.Tensor | None]:
+    ) -> tuple[dict[Any, list[tuple]], torch.Tensor | None]:
         """Compute `work` (task key, Batch.pack()). `adopt_states` (one per entry of `adopt_keys`) are particle
         copies exported by other replicas; they are top-level arguments so that Ray resolves them first."""
         started = time.perf_counter()
@@ -101,16 +101,8 @@ class ReplicaWorker:
             if self.reward is not None and scored:
                 values = score(self.reward, [o.preview for o in scored], [self.prompts[key]] * len(scored))
                 rewards = {o.pid: v for o, v in zip(scored, values, strict=True)}
-            results[key] = [
-                ParticleResult(
-                    pid=o.pid,
-                    nfe=o.nfe,
-                    s=o.s,
-                    reward=rewards.get(o.pid, float("nan")),
-                    preview=o.preview if self.reward is None else None,
-                )
-                for o in evaluated
-            ]
+            # ParticleResult fields as a plain tuple (see ParticleResult).
+            results[key] = [(o.pid, o.nfe, o.s, rewards.get(o.pid, float("nan")), None) for o in evaluated]
         reward_seconds = time.perf_counter() - reward_started
         if self.delay_per_call:
             time.sleep(self.delay_per_call)
@@ -134,7 +126,7 @@ class ReplicaWorker:
                 if o.preview is not None:
                     row = len(rows)
                     rows.append(o.preview)
-                results[key].append(ParticleResult(pid=o.pid, nfe=o.nfe, s=o.s, reward=float("nan"), preview=row))
+                results[key].append((o.pid, o.nfe, o.s, float("nan"), row))  # ParticleResult fields
         if self.delay_per_call:
             time.sleep(self.delay_per_call)
         busy = time.perf_counter() - started
