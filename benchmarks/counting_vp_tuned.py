@@ -8,6 +8,8 @@ VP-SDE rows of Table 1 with those settings on the same 50 evaluation prompts and
 accuracy 0.90).
 
     .venv/bin/python -m benchmarks.counting_vp_tuned --norm 8 [--methods base rbf smc code svdd]
+    .venv/bin/python -m benchmarks.counting_vp_tuned --norm 8 --rbf-chains 8 --methods rbf \
+        --rbf-presets linear-sde linear-ode --name counting_rbf_tuned
     .venv/bin/python -m benchmarks.counting_vp_tuned --norm 8 --methods --budgets 50 100 300 1000 \
         --name counting_vp_tuned_scaling
 
@@ -35,6 +37,15 @@ def main() -> None:
     ap.add_argument("--grid", default="uniform")
     ap.add_argument("--methods", nargs="*", default=["base", "rbf", "smc", "code", "svdd"])
     ap.add_argument("--budgets", type=int, nargs="*", default=[], help="RBF NFE budgets (Table 4 layout)")
+    ap.add_argument(
+        "--rbf-chains", type=int, default=None, help="RBF n_chains (chosen by benchmarks.rbf_sweep); default 2"
+    )
+    ap.add_argument(
+        "--rbf-presets",
+        nargs="*",
+        default=[],
+        help="also run RBF (500 NFE) with these study presets (linear-ode, linear-sde) for a like-for-like ordering",
+    )
     ap.add_argument("--name", default="counting_vp_tuned", help="results file name")
     args = ap.parse_args()
     texts = list(shapes.evaluation_prompts())[: args.prompts]
@@ -50,14 +61,25 @@ def main() -> None:
         "| method | sampler | NFE | given reward (-RSS) | accuracy | held-out |",
         "|---|---|---|---|---|---|",
     ]
-    runs = [(name, settings[name]) for name in args.methods] + [("rbf", {"nfe_budget": b}) for b in args.budgets]
-    for name, method_settings in runs:
-        row = run_config(model, reward, held, prompts, name, method_settings, "vp-sde", spec=spec)
+
+    def rbf(budget: int) -> dict[str, Any]:
+        # At most the chains the budget allows: each chain needs one NFE per interval and one to start.
+        chains = min(args.rbf_chains, budget // 10) if args.rbf_chains else None
+        return {"nfe_budget": budget, **({"n_chains": chains} if chains else {})}
+
+    runs = [(name, rbf(500) if name == "rbf" else settings[name], "vp-sde") for name in args.methods]
+    runs += [("rbf", rbf(b), "vp-sde") for b in args.budgets]
+    runs += [("rbf", rbf(500), preset) for preset in args.rbf_presets]
+    for name, method_settings, preset in runs:
+        vp = preset == "vp-sde"
+        row = run_config(model, reward, held, prompts, name, method_settings, preset, spec=spec if vp else None)
         row.pop("images")
-        row["sampler_spec"] = spec.__dict__
+        row["sampler_spec"] = spec.__dict__ if vp else preset
         rows.append(row)
+        label = f"vp-sde ({args.grid}, g={args.norm:g})" if vp else preset
+        chains = f", {method_settings['n_chains']} chains" if "n_chains" in method_settings else ""
         md.append(
-            f"| {name} | vp-sde ({args.grid}, g={args.norm:g}) | {row['nfe']:.0f} | "
+            f"| {name}{chains} | {label} | {row['nfe']:.0f} | "
             f"{row['reward']:.3f} ± {row['reward_se']:.3f} | {row['accuracy']:.3f} ± {row['accuracy_se']:.3f} | "
             f"{row['held_out']:.3f} ± {row['held_out_se']:.3f} |"
         )
