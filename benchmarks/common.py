@@ -13,6 +13,20 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def run_counting(model, spec, reward, held, method_name: str, settings: dict[str, Any], tasks) -> tuple[list, Any]:
+    """Run one method on the built-in counting task in process, all `tasks` ((Prompt, seed) pairs) in flight.
+    Returns the TaskResults sorted by prompt id and their exact-count accuracy (a tensor, one value per result)."""
+    from flowscale_ray.builtin import counting
+    from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
+    from flowscale_ray.search import METHODS
+
+    method = METHODS[method_name](METHODS[method_name].Config(**settings))
+    ex = InProcessExecutor(ParticleEngine(model, spec), reward, held, in_flight=len(tasks))
+    results = sorted(ex.run([SearchTask(p, method, seed) for p, seed in tasks]), key=lambda r: r.prompt.id)
+    accuracy = counting.accuracy(torch.stack([r.image for r in results]), [r.prompt for r in results])
+    return results, accuracy
+
+
 def machine() -> dict[str, Any]:
     import os
 

@@ -20,14 +20,12 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, save
-from flowscale_ray.builtin import counting, shapes
+from benchmarks.common import RESULTS, run_counting, save
+from flowscale_ray.builtin import shapes
 from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
-from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
 from flowscale_ray.models import build_model
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import build_reward
-from flowscale_ray.search import METHODS
 
 # The decisive rows first (base, RBF VP-SDE, BoN): results are saved after every configuration.
 TABLE1: list[tuple[str, dict[str, Any], list[str]]] = [
@@ -45,14 +43,11 @@ BUDGETS = [50, 100, 300, 500, 1000]
 
 def run_config(model, reward, held, prompts, method_name, settings, preset, seed=0, spec=None) -> dict[str, Any]:
     """One Table 1 cell. `spec` overrides the preset's sampler (the tuned VP-SDE of counting_vp_tuned.py)."""
-    method = METHODS[method_name](METHODS[method_name].Config(**settings))
     spec = spec or SamplerSpec(**SAMPLER_PRESETS[preset])
-    ex = InProcessExecutor(ParticleEngine(model, spec), reward, held, in_flight=len(prompts))
     t0 = time.perf_counter()
-    results = sorted(ex.run([SearchTask(p, method, seed) for p in prompts]), key=lambda r: r.prompt.id)
+    results, acc = run_counting(model, spec, reward, held, method_name, settings, [(p, seed) for p in prompts])
     secs = time.perf_counter() - t0
     images = torch.stack([r.image for r in results])
-    acc = counting.accuracy(images, [r.prompt for r in results])
     rewards = torch.tensor([r.reward for r in results])
     held_out = torch.tensor([r.held_out for r in results])
     n = len(results)

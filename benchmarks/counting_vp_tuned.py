@@ -64,7 +64,7 @@ def main() -> None:
 
     def rbf(budget: int) -> dict[str, Any]:
         # At most the chains the budget allows: each chain needs one NFE per interval and one to start.
-        chains = min(args.rbf_chains, budget // 10) if args.rbf_chains else None
+        chains = min(args.rbf_chains, budget // spec.steps) if args.rbf_chains else None
         return {"nfe_budget": budget, **({"n_chains": chains} if chains else {})}
 
     runs = [(name, rbf(500) if name == "rbf" else settings[name], "vp-sde") for name in args.methods]

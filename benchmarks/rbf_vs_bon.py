@@ -21,22 +21,17 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import save
-from flowscale_ray.builtin import counting, shapes
+from benchmarks.common import run_counting, save
+from flowscale_ray.builtin import shapes
 from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
-from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
 from flowscale_ray.models import build_model
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import build_reward
-from flowscale_ray.search import METHODS
 
 
 def per_prompt(model, reward, prompts, method_name, settings, spec, seed) -> dict[str, list[float]]:
     """Accuracy and reward of each prompt (in the order of `prompts`) for one seed."""
-    method = METHODS[method_name](METHODS[method_name].Config(**settings))
-    ex = InProcessExecutor(ParticleEngine(model, spec), reward, in_flight=len(prompts))
-    results = sorted(ex.run([SearchTask(p, method, seed) for p in prompts]), key=lambda r: r.prompt.id)
-    acc = counting.accuracy(torch.stack([r.image for r in results]), [r.prompt for r in results])
+    results, acc = run_counting(model, spec, reward, None, method_name, settings, [(p, seed) for p in prompts])
     return {
         "accuracy": [float(a) for a in acc],
         "reward": [float(r.reward) for r in results],
@@ -63,13 +58,20 @@ def main() -> None:
     model, reward = build_model("shapes"), build_reward("counting")
     vp = SamplerSpec(interpolant="vp", sde=True, diffusion_norm=args.norm, grid="uniform")
     ode = SamplerSpec(**SAMPLER_PRESETS["linear-ode"])
-    runs: list[tuple[str, str, dict[str, Any], SamplerSpec]] = [
-        ("base", "linear-ode", {}, ode),
-        ("base", f"vp-sde (uniform, g={args.norm:g})", {}, vp),
-        ("bon", "linear-ode", {"n": args.budget // 10}, ode),
-        ("rbf", f"vp-sde (uniform, g={args.norm:g})", {"n_chains": args.chains, "nfe_budget": args.budget}, vp),
+    vp_label = f"vp-sde (uniform, g={args.norm:g})"
+    runs: list[tuple[str, str, str, dict[str, Any], SamplerSpec]] = [  # (key, method, sampler, settings, spec)
+        ("base-ode", "base", "linear-ode", {}, ode),
+        ("base-vp", "base", vp_label, {}, vp),
+        ("bon", "bon", "linear-ode", {"n": args.budget // 10}, ode),
+        ("rbf", "rbf", vp_label, {"n_chains": args.chains, "nfe_budget": args.budget}, vp),
         # The study's best single row (one seed): RBF with the linear SDE and the paper's 2 chains.
-        ("rbf", "linear-sde", {"n_chains": 2, "nfe_budget": args.budget}, SamplerSpec(**SAMPLER_PRESETS["linear-sde"])),
+        (
+            "rbf-sde",
+            "rbf",
+            "linear-sde",
+            {"n_chains": 2, "nfe_budget": args.budget},
+            SamplerSpec(**SAMPLER_PRESETS["linear-sde"]),
+        ),
     ]
     data: dict[str, Any] = {"args": vars(args), "prompts": texts, "runs": []}
     means: dict[str, torch.Tensor] = {}
@@ -80,13 +82,13 @@ def main() -> None:
         "| method | sampler | settings | NFE | accuracy | reward (-RSS) |",
         "|---|---|---|---|---|---|",
     ]
-    for name, label, settings, spec in runs:
+    for key, name, label, settings, spec in runs:
         seeds = {s: per_prompt(model, reward, prompts, name, settings, spec, s) for s in args.seeds}
         data["runs"].append({"method": name, "sampler": label, "settings": settings, "per_seed": seeds})
         acc = torch.tensor([seeds[s]["accuracy"] for s in args.seeds], dtype=torch.float64).mean(0)
         rew = torch.tensor([seeds[s]["reward"] for s in args.seeds], dtype=torch.float64).mean(0)
         nfe = sum(sum(seeds[s]["nfe"]) for s in args.seeds) / (len(prompts) * len(args.seeds))
-        means.setdefault(name if name != "base" else f"base {label}", acc)  # "rbf": the tuned VP row
+        means[key] = acc
         (am, ase), (rm, rse) = summary(acc), summary(rew)
         shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "-"
         md.append(f"| {name} | {label} | {shown} | {nfe:.0f} | {am:.3f} ± {ase:.3f} | {rm:.3f} ± {rse:.3f} |")
@@ -95,7 +97,7 @@ def main() -> None:
     diff = means["rbf"] - means["bon"]
     dm, dse = summary(diff)
     wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
-    base = means["base linear-ode"].mean().item()
+    base = means["base-ode"].mean().item()
     data["paired"] = {"rbf_minus_bon": dm, "se": dse, "prompts_rbf_better": wins, "prompts_bon_better": losses}
     md += [
         "",

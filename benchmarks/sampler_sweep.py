@@ -20,14 +20,12 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import save
-from flowscale_ray.builtin import counting, shapes
+from benchmarks.common import run_counting, save
+from flowscale_ray.builtin import shapes
 from flowscale_ray.core.dynamics import SamplerSpec
-from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
 from flowscale_ray.models import build_model
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import build_reward
-from flowscale_ray.search import METHODS
 
 TUNING_SEED = 777
 
@@ -44,13 +42,10 @@ def tuning_prompts(n: int) -> list[str]:
 
 
 def measure(model, reward, prompts, spec, method_name, settings, seeds) -> dict:
-    method = METHODS[method_name](METHODS[method_name].Config(**settings))
-    tasks = [SearchTask(Prompt(f"t{i}-s{s}", p), method, seed=s) for s in range(seeds) for i, p in enumerate(prompts)]
-    ex = InProcessExecutor(ParticleEngine(model, spec), reward, in_flight=len(tasks))
+    tasks = [(Prompt(f"t{i}-s{s}", p), s) for s in range(seeds) for i, p in enumerate(prompts)]
     t0 = time.perf_counter()
-    results = list(ex.run(tasks))
-    images = torch.stack([r.image for r in results])
-    acc = counting.accuracy(images, [r.prompt.text for r in results]).double()
+    results, acc = run_counting(model, spec, reward, None, method_name, settings, tasks)
+    acc = acc.double()
     rewards = torch.tensor([r.reward for r in results], dtype=torch.float64)
     n = len(results)
     return {

@@ -63,6 +63,7 @@ class DelayReplica:
             self.live.setdefault(key, set()).update(pid for pid, _ in states)
         out: dict[Any, Any] = {}
         rows = 0
+        from flowscale_ray.runtime.placement import cost  # rows (NFE) a request costs, as placement counts them
         from flowscale_ray.search.protocol import Batch
 
         for key, packed in work:
@@ -71,9 +72,8 @@ class DelayReplica:
             for req in batch.inits:
                 res.append((req.pid, 1, self.grid[0], self._reward(key, req.pid) if req.score else float("nan"), None))
             for req in batch.expands:
-                nfe = sum(1 for i, m in enumerate(req.moves) if i > 0 and not m.renoise) + 1
                 s = req.moves[-1].s_to
-                res.append((req.pid, nfe, s, self._reward(key, req.pid) if req.score else float("nan"), None))
+                res.append((req.pid, cost(req), s, self._reward(key, req.pid) if req.score else float("nan"), None))
             for pid, nfe, *_ in res:  # ParticleResult fields
                 self.live.setdefault(key, set()).add(pid)
                 rows += nfe
