@@ -2,6 +2,6 @@
 
 from flowscale_ray.execution.engine import ParticleEngine
 from flowscale_ray.execution.inprocess import InProcessExecutor
-from flowscale_ray.execution.tasks import SearchTask, TaskResult
+from flowscale_ray.execution.tasks import Executor, SearchTask, SelectedSample, TaskResult
 
-__all__ = ["InProcessExecutor", "ParticleEngine", "SearchTask", "TaskResult"]
+__all__ = ["Executor", "InProcessExecutor", "ParticleEngine", "SearchTask", "SelectedSample", "TaskResult"]

@@ -13,14 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flowscale_ray.core.noise import derive_seed
 from flowscale_ray.execution.engine import Evaluated, ParticleEngine
-from flowscale_ray.execution.tasks import SearchTask, TaskResult
+from flowscale_ray.execution.tasks import SearchTask, TaskResult, build_result, decision_seed, selected_pids
 from flowscale_ray.observe.recorder import NULL_RECORDER, CallStats, Recorder
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards.base import Reward, as_reward_tensor
 from flowscale_ray.search.protocol import (
-    STREAM_DECISION,
     Batch,
     Evaluation,
     Expand,
@@ -29,11 +27,6 @@ from flowscale_ray.search.protocol import (
     SearchGenerator,
     SearchOutcome,
 )
-
-
-def decision_seed(run_seed: int, prompt_id: str) -> int:
-    """Seed for a method's own random decisions (e.g. SMC resampling) on one prompt."""
-    return derive_seed(run_seed, prompt_id, STREAM_DECISION)
 
 
 @dataclass
@@ -48,34 +41,11 @@ class _Running:
     rewards: dict[int, float] = field(default_factory=dict)  # last search reward per particle
 
 
-@dataclass
-class SelectedSample:
-    """One finalized particle of `outcome.selected` (TaskResult.extra["selected"], best search reward first)."""
-
-    pid: int
-    sample: torch.Tensor
-    image: torch.Tensor
-    reward: float  # of the final sample
-    held_out: float | None
-    search_reward: float  # at the particle's last search evaluation
-    lineage: list[Init | Expand]
-
-
 def score(reward: Reward, previews: Sequence[torch.Tensor], prompts: Sequence[Prompt]) -> list[float]:
     if not previews:
         return []
     values = as_reward_tensor(reward(torch.stack(list(previews)), prompts), len(previews))
     return values.tolist()
-
-
-def lineage_of(lineage: dict[int, Init | Expand], pid: int) -> list[Init | Expand]:
-    chain: list[Init | Expand] = []
-    while True:
-        req = lineage[pid]
-        chain.append(req)
-        if isinstance(req, Init):
-            return chain[::-1]
-        pid = req.parent
 
 
 class InProcessExecutor:
@@ -95,10 +65,22 @@ class InProcessExecutor:
         self.reward = reward
         self.held_out = held_out
         self.in_flight = in_flight
-        self.top_k = top_k  # particles of outcome.selected finalized per prompt (extra["selected"])
+        self.top_k = top_k  # particles of outcome.selected finalized per prompt (TaskResult.selected)
         self.context = SearchContext(grid=engine.grid)
         self.recorder: Recorder = NULL_RECORDER  # metrics and progress hooks (flowscale_ray.observe)
         self._reward_seconds = 0.0
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model.model_id
+
+    def discard_unfinished(self) -> None:
+        """Drop the state of searches that were cut short by an exception."""
+        for key in list(self.engine.tasks):
+            self.engine.close_task(key)
+
+    def close(self) -> None:
+        self.discard_unfinished()
 
     def run(self, tasks: Iterable[SearchTask]) -> Iterator[TaskResult]:
         """Yield one TaskResult per task, in completion order (which equals task order when in_flight=1)."""
@@ -157,7 +139,7 @@ class InProcessExecutor:
         self.recorder.batch_evaluated(sum(o.nfe for o in outputs), rewards)
         return evals
 
-    def _finish(self, run: _Running, outcome) -> TaskResult:
+    def _finish(self, run: _Running, outcome: SearchOutcome) -> TaskResult:
         pids = selected_pids(outcome, self.top_k)
         samples, images = self.engine.finalize(run.key, pids)
         prompts = [run.task.prompt] * len(pids)
@@ -167,48 +149,3 @@ class InProcessExecutor:
         return build_result(
             run.task, outcome, pids, samples, images, rewards, helds, run.lineage, run.rewards, run.nfe, run.started
         )
-
-
-def selected_pids(outcome: SearchOutcome, top_k: int) -> list[int]:
-    """The best first, then the next of `selected` up to top_k (the best alone when top_k is 1)."""
-    return [outcome.best, *[p for p in outcome.selected if p != outcome.best][: top_k - 1]]
-
-
-def build_result(
-    task: SearchTask,
-    outcome: SearchOutcome,
-    pids: Sequence[int],
-    samples: torch.Tensor,
-    images: torch.Tensor,
-    rewards: Sequence[float],
-    helds: Sequence[float] | None,
-    lineage: dict[int, Init | Expand],
-    search_rewards: dict[int, float],
-    nfe: int,
-    started: float,
-) -> TaskResult:
-    """A TaskResult for finalized particles `pids` (the best first); shared by every executor."""
-    selected = [
-        SelectedSample(
-            pid=pid,
-            sample=samples[i],
-            image=images[i],
-            reward=rewards[i],
-            held_out=helds[i] if helds is not None else None,
-            search_reward=outcome.reward if pid == outcome.best else search_rewards.get(pid, math.nan),
-            lineage=lineage_of(lineage, pid),
-        )
-        for i, pid in enumerate(pids)
-    ]
-    return TaskResult(
-        prompt=task.prompt,
-        outcome=outcome,
-        sample=samples[0],
-        image=images[0],
-        reward=rewards[0],
-        held_out=selected[0].held_out,
-        nfe=nfe,
-        lineage=selected[0].lineage,
-        seconds=time.perf_counter() - started,
-        extra={"selected": selected},
-    )

@@ -16,8 +16,7 @@ import torch
 
 from flowscale_ray.config import JobConfig
 from flowscale_ray.core.dynamics import SamplerSpec
-from flowscale_ray.execution.inprocess import SelectedSample
-from flowscale_ray.execution.tasks import TaskResult
+from flowscale_ray.execution.tasks import SelectedSample, TaskResult
 from flowscale_ray.io.schema import NAMES, encode_lineage, encode_steps
 from flowscale_ray.prompts import Prompt
 
@@ -91,23 +90,6 @@ def _base(prompt: Prompt, info: RunInfo, now: datetime) -> dict[str, Any]:
     return row
 
 
-def _selected(result: TaskResult) -> list[SelectedSample]:
-    selected = result.extra.get("selected")
-    if selected:
-        return list(selected)
-    return [
-        SelectedSample(
-            pid=result.outcome.best,
-            sample=result.sample,
-            image=result.image,
-            reward=result.reward,
-            held_out=result.held_out,
-            search_reward=result.outcome.reward,
-            lineage=result.lineage,
-        )
-    ]
-
-
 def _keeps(s: SelectedSample, info: RunInfo) -> bool:
     if info.min_reward is not None and not s.reward >= info.min_reward:
         return False
@@ -133,7 +115,7 @@ def rows_for_result(result: TaskResult, info: RunInfo, now: datetime | None = No
     from flowscale_ray.images import png_bytes
 
     now = now or datetime.now(UTC)
-    samples = sorted(_selected(result), key=lambda s: -s.reward)  # rewards are never NaN (rewards.base)
+    samples = sorted(list(result.selected), key=lambda s: -s.reward)  # rewards are never NaN (rewards.base)
     kept = [s for s in samples if _keeps(s, info)][: info.top_k]
     rows = []
     for rank, s in enumerate(kept or samples[:1]):

@@ -32,7 +32,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from flowscale_ray.core.dynamics import SamplerSpec
-from flowscale_ray.execution.inprocess import build_result, decision_seed, lineage_of, selected_pids
+from flowscale_ray.execution.tasks import build_result, decision_seed, lineage_of, selected_pids
 from flowscale_ray.execution.tasks import SearchTask, TaskResult
 from flowscale_ray.observe.recorder import CALL_STATS, NULL_RECORDER, CallStats, Recorder
 from flowscale_ray.runtime.messages import ComponentSpec, ParticleResult
