@@ -1,6 +1,6 @@
 """Ray runtime benchmarks (issue 4): overhead against a plain torch loop, and scaling over replicas.
 
-A thin wrapper over `flowscale bench` (flowscale_ray/runtime/bench.py holds the measurements) that saves the
+A thin wrapper over `flowscale bench` (flowscale_ray/benchmark/measure.py holds the measurements) that saves the
 figures under benchmarks/results/runtime.{json,md}:
 
     .venv/bin/python -m benchmarks.runtime [--replicas 1,4,16,64] [--delay-ms 50] [--per-replica 8]
@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import save
-from flowscale_ray.bench import configure_parser, format_report
-from flowscale_ray.bench import run as bench
+from flowscale_ray.benchmark.command import configure_parser, format_report
+from flowscale_ray.benchmark.command import run as bench
 
 
 def main() -> None:

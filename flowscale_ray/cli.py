@@ -82,7 +82,10 @@ def _parser() -> argparse.ArgumentParser:
 # Commands implemented in their own modules (kept light to import: heavy imports happen inside run()).
 _MODULE_COMMANDS = {
     "report": ("flowscale_ray.observe.report", "Write a self-contained HTML (or Markdown) report with plots of a run."),
-    "bench": ("flowscale_ray.bench", "Benchmark the runtime's overhead and scaling on a Ray cluster; JSON report."),
+    "bench": (
+        "flowscale_ray.benchmark.command",
+        "Benchmark the runtime's overhead and scaling on a Ray cluster; JSON report.",
+    ),
 }
 
 

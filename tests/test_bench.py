@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flowscale_ray.bench import DEFAULT_JOB
+from flowscale_ray.benchmark.command import DEFAULT_JOB
 from flowscale_ray.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

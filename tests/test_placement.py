@@ -53,8 +53,8 @@ def test_batch_cost_counts_velocity_rows():
 
 def test_delay_replica_sleeps_once_per_micro_batch_of_rows():
     """The GPU stand-in: a fixed time per model call of a fixed shape (padded), or per replica call."""
+    from flowscale_ray.benchmark.delay import DelayReplica
     from flowscale_ray.core.dynamics import SamplerSpec
-    from flowscale_ray.runtime.delay import DelayReplica
 
     shaped = DelayReplica(None, SamplerSpec(), None, None, micro_batch=8, delay_per_call=0.05)
     assert [shaped._delay(rows) for rows in (1, 8, 9, 24)] == pytest.approx([0.05, 0.05, 0.1, 0.15])

@@ -11,7 +11,7 @@ import pytest
 
 SCRIPT = r"""
 import os, ray
-from flowscale_ray.runtime.driver import start_ray
+from flowscale_ray.runtime.cluster import start_ray
 
 def tree(root):
     parents = {}

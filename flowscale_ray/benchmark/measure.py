@@ -175,7 +175,7 @@ def scaling(
 ) -> list[dict[str, Any]]:
     """Throughput at each replica count. `delay_s`: DelayReplica with that delay per model call of `delay_batch`
     rows (None: per replica call); `delay_s` None: real model replicas."""
-    from flowscale_ray.runtime.delay import DelayReplica
+    from flowscale_ray.benchmark.delay import DelayReplica
     from flowscale_ray.runtime.driver import RayExecutor, RuntimeOptions
     from flowscale_ray.runtime.replica import ReplicaWorker
 

@@ -4,7 +4,7 @@
                     [--out bench.json]
 
 The model, reward, sampler, method and each replica's resources come from the job file (default: the built-in
-model and reward with RBF, `jobs/bench.yaml`'s settings). Two measurements (flowscale_ray/runtime/bench.py):
+model and reward with RBF, `jobs/bench.yaml`'s settings). Two measurements (flowscale_ray/benchmark/measure.py):
 the runtime's overhead against a plain torch loop (one replica, side by side in one run), and scaling over
 replica counts with replicas that sleep a fixed delay per model call of a fixed shape (`--delay-ms` per
 `--delay-batch` rows, standing in for a GPU's time per batch; `--delay-batch 0`: per replica call; `--delay-ms 0`
@@ -100,9 +100,9 @@ def run(args: argparse.Namespace) -> int:
 
     from pathlib import Path
 
+    from flowscale_ray.benchmark.measure import BenchSetup, cluster_info, overhead, scaling
     from flowscale_ray.job import load_prompts
-    from flowscale_ray.runtime.bench import BenchSetup, cluster_info, overhead, scaling
-    from flowscale_ray.runtime.driver import start_ray
+    from flowscale_ray.runtime.cluster import start_ray
     from flowscale_ray.runtime.messages import ComponentSpec
 
     base = Path(args.job).resolve().parent if args.job else Path.cwd()
