@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flowscale_ray.config import ConfigError, read_job_file
+from flowscale_ray.errors import first_line
+from flowscale_ray.logs import configure_console
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +98,7 @@ def _error(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    configure_console()
     if args.command == "methods":
         from flowscale_ray.search import METHODS
 
@@ -119,23 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if job.output.run_id is None:  # neither --run-id nor output.run_id: inside a Ray job, its submission id
             job = _with_submission_run_id(job)
         if args.command == "validate":
-            from flowscale_ray.job import build_components, load_prompts, resolve_sampler_shift
+            from flowscale_ray.run import validate_job
 
-            job = resolve_sampler_shift(job)
-            prompts = load_prompts(job.prompts, Path(args.job).resolve().parent, job.storage)
-            build_components(job)
-            print(f"{args.job}: ok ({len(prompts)} prompts)")
-            print(f"  method  {job.method.name} {dataclasses.asdict(job.method.settings)}")
-            print(f"  sampler {dataclasses.asdict(job.sampler)}")
-            from flowscale_ray.job import open_writer
-
-            writer = open_writer(job, prompts, log=lambda _msg: None)
-            state = "a new run"
-            if writer.check():  # raises on a conflicting run: that is bad input too
-                state = "complete" if writer.completed_manifest() is not None else "resumes the run there"
-            print(f"  output  {writer.root} ({writer.num_shards} shards of {job.output.shard_size} prompts): {state}")
+            for line in validate_job(job, Path(args.job).resolve().parent, source=args.job):
+                print(line)
             return 0
-        from flowscale_ray.job import run_with_baselines
+        from flowscale_ray.run import run_with_baselines
 
         with _StopOnSigterm() as stop:
             run_with_baselines(job, base_dir=Path(args.job).resolve().parent)
@@ -155,8 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, RuntimeError) as exc:  # storage failing after its retries, a broken model: resumable
         from flowscale_ray.io.storage import Redactor
 
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        message = Redactor.for_storage(job.storage)(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+        message = Redactor.for_storage(job.storage)(first_line(exc))
         print(f"flowscale: error: {job_path}: {message}", file=sys.stderr)
         return 1
 
@@ -247,7 +238,7 @@ def _inspect(args: argparse.Namespace) -> int:
         return _error(str(exc))
     except (OSError, ValueError) as exc:
         redact = Redactor.for_storage(storage)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, typed=False)
         return _error(f"{redact(args.uri)}: cannot read: {redact(first)}")
     print(format_summary(summary))
     if not args.no_sheet and summary.best:

@@ -80,3 +80,26 @@ class ScriptedRun:
         score = req.score
         reward = float(self.reward_fn(req.pid, parent, s, req)) if score else math.nan
         return Evaluation(pid=req.pid, reward=reward, s=s, nfe=cost)
+
+
+class LogLines(list):
+    """The messages logged under `flowscale_ray` while the context is open (INFO and up)."""
+
+    def __enter__(self):
+        import logging
+
+        class _Collect(logging.Handler):
+            def emit(inner, record):
+                self.append(record.getMessage())
+
+        self._logger = logging.getLogger("flowscale_ray")
+        self._handler = _Collect(logging.INFO)
+        self._level = self._logger.level
+        self._logger.addHandler(self._handler)
+        self._logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeHandler(self._handler)
+        self._logger.setLevel(self._level)
+        return None

@@ -155,8 +155,8 @@ def test_curation_job_parses_and_has_the_required_fields():
 def test_curation_job_needs_no_model_folder_on_the_head_node_for_its_grid():
     """The driver builds the grid on the head node, which has no FLUX folder: the job gives FLUX.1-dev's
     resolution shift at its size (exp(mu), with the scheduler's default shift parameters)."""
-    from flowscale_ray.job import resolve_sampler_shift
     from flowscale_ray.models.diffusers_common import dynamic_shift
+    from flowscale_ray.run import resolve_sampler_shift
 
     job = read_job_file(ROOT / "jobs/curation_flux.yaml")
     assert job.model.options["resolution_shift"] is True

@@ -27,9 +27,10 @@ from PIL import Image
 from flowscale_ray.cli import main
 from flowscale_ray.config import load_job
 from flowscale_ray.io.schema import decode_lineage
-from flowscale_ray.job import run_job
 from flowscale_ray.models.base import FlowModel
 from flowscale_ray.prompts import Prompt
+from flowscale_ray.run import run_job
+from tests.helpers import LogLines
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,9 +94,11 @@ def job_doc(out: Path, **changes) -> dict:
 
 
 def run(doc: dict, tmp_path: Path, logs: list | None = None):
-    return run_job(
-        load_job(json.loads(json.dumps(doc))), base_dir=tmp_path, log=(logs if logs is not None else []).append
-    )
+    with LogLines() as lines:
+        report = run_job(load_job(json.loads(json.dumps(doc))), base_dir=tmp_path)
+    if logs is not None:
+        logs.extend(lines)
+    return report
 
 
 def read(path: Path) -> list[dict]:
@@ -199,7 +202,7 @@ def test_lineage_replays_the_sample_exactly(tmp_path):
     )
     doc.pop("held_out")
     job = load_job(doc)
-    run_job(job, log=lambda m: None)
+    run_job(job)
     for row in read(tmp_path / "out" / "toy" / "data"):
         requests = decode_lineage(row["lineage"])
         engine = ParticleEngine(build_model("gmm2d"), job.sampler)

@@ -193,7 +193,7 @@ def test_job_with_resolution_shift_gets_the_pipelines_shift(flux_folder, flux, t
     """The driver builds the grid before any replica loads the model: run_job fills sampler.shift from the
     folder's configs when the job asks for the resolution shift; an explicit sampler.shift wins."""
     from flowscale_ray.config import ConfigError, load_job
-    from flowscale_ray.job import resolve_sampler_shift
+    from flowscale_ray.run import resolve_sampler_shift
 
     doc = {
         "model": {"name": "flux", "options": flux_options(flux_folder)},

@@ -7,12 +7,13 @@ import pytest
 
 from flowscale_ray.config import ConfigError, load_job
 from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
-from flowscale_ray.job import run_job
 from flowscale_ray.models.registry import build_model
 from flowscale_ray.observe import metrics
 from flowscale_ray.observe.recorder import NULL_RECORDER, CallStats, RunRecorder
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import build_reward
+from flowscale_ray.run import run_job
+from tests.helpers import LogLines
 
 PROMPT_IDS = [f"prompt-id-{i}-zq" for i in range(5)]
 
@@ -62,7 +63,7 @@ def run_and_measure(tmp_path, method):
     busy_before = value("flowscale_replica_busy_seconds_total", **replica)
     calls_before = value("flowscale_replica_calls_total", **replica)
     batches_before = value("flowscale_replica_batch_size_count", **replica)
-    report = run_job(job, log=lambda _m: None)
+    report = run_job(job)
     delta = {n: value(n, **labels) - before[n] for n in NAMES}
     delta["busy"] = value("flowscale_replica_busy_seconds_total", **replica) - busy_before
     delta["calls"] = value("flowscale_replica_calls_total", **replica) - calls_before
@@ -103,7 +104,7 @@ def test_smc_resamples_and_ess_come_from_step_records(tmp_path):
 
 
 def test_label_keys_are_fixed_and_no_prompt_id_is_a_label(tmp_path):
-    run_job(load_job(job_doc(tmp_path, {"name": "bon", "n": 4})), log=lambda _m: None)
+    run_job(load_job(job_doc(tmp_path, {"name": "bon", "n": 4})))
     assert metrics.label_keys() <= metrics.LABEL_KEYS
     values = set()
     for family in metrics.REGISTRY.collect():
@@ -115,8 +116,8 @@ def test_label_keys_are_fixed_and_no_prompt_id_is_a_label(tmp_path):
 
 
 def test_server_is_bound_to_loopback_and_serves_the_registry(tmp_path):
-    lines = []
-    run_job(load_job(job_doc(tmp_path, {"name": "bon", "n": 2})), log=lines.append)
+    with LogLines() as lines:
+        run_job(load_job(job_doc(tmp_path, {"name": "bon", "n": 2})))
     (line,) = [m for m in lines if m.startswith("metrics: serving")] or [None]
     if line is None:  # an earlier test in this process started the server and announced it
         port = metrics.serve(0, "127.0.0.1")
@@ -147,7 +148,7 @@ def test_storage_retries_are_counted(tmp_path, monkeypatch):
     doc["output"]["dir"] = f"memory://h6-{tmp_path.name}"
     labels = {"method": "bon", **RUN}
     before = value("flowscale_storage_retries_total", **labels)
-    run_job(load_job(doc), log=lambda _m: None)
+    run_job(load_job(doc))
     assert failures and value("flowscale_storage_retries_total", **labels) - before == 1
 
 
@@ -158,7 +159,7 @@ def test_metrics_off_by_default_and_executors_default_to_a_no_op_recorder(tmp_pa
     assert job.metrics.port is None and job.metrics.host == "127.0.0.1"
     labels = {"method": "bon", **RUN}
     before = value("flowscale_nfe_total", **labels)
-    report = run_job(job, log=lambda _m: None)
+    report = run_job(job)
     assert report.nfe > 0 and value("flowscale_nfe_total", **labels) == before  # nothing recorded
     ex = InProcessExecutor(ParticleEngine(build_model("gmm2d"), job.sampler), build_reward("mode_log_density"))
     assert ex.recorder is NULL_RECORDER

@@ -1,13 +1,16 @@
-"""Progress: a bar redrawn in place on an interactive terminal (fake TTY), plain periodic log lines otherwise;
+"""Progress: a tqdm bar on an interactive terminal (fake TTY), plain periodic log lines otherwise;
 the run's ordinary output is unchanged when no line is due."""
 
 import io
+import logging
 from types import SimpleNamespace
 
 from flowscale_ray.config import load_job
-from flowscale_ray.job import run_job
+from flowscale_ray.logs import ConsoleHandler
 from flowscale_ray.observe.progress import BarProgress, LogProgress, format_duration, make_progress
 from flowscale_ray.observe.recorder import RunRecorder
+from flowscale_ray.run import run_job
+from tests.helpers import LogLines
 
 
 class FakeTTY(io.StringIO):
@@ -32,10 +35,10 @@ def job_doc(tmp_path, **metrics):
 
 
 def test_auto_picks_a_bar_on_a_terminal_and_log_lines_elsewhere():
-    assert isinstance(make_progress("auto", print, 30.0, FakeTTY()), BarProgress)
-    assert isinstance(make_progress("auto", print, 30.0, io.StringIO()), LogProgress)
-    assert isinstance(make_progress("bar", print, 30.0, io.StringIO()), BarProgress)
-    assert make_progress("off", print, 30.0, FakeTTY()) is None
+    assert isinstance(make_progress("auto", 30.0, FakeTTY()), BarProgress)
+    assert isinstance(make_progress("auto", 30.0, io.StringIO()), LogProgress)
+    assert isinstance(make_progress("bar", 30.0, io.StringIO()), BarProgress)
+    assert make_progress("off", 30.0, FakeTTY()) is None
 
 
 def test_bar_shows_prompts_rate_eta_and_best_reward():
@@ -48,9 +51,8 @@ def test_bar_shows_prompts_rate_eta_and_best_reward():
     rec.prompt_started()
     rec.batch_evaluated(100, [0.1, 0.2])
     rec.prompt_finished(Result(0.75))
-    out = tty.getvalue()
-    last = out.rsplit("\r", 1)[1]
-    assert out.startswith("\r[") and "\n" not in out  # redrawn in place
+    last = tty.getvalue().rsplit("\r", 1)[1]
+    assert "\n" not in tty.getvalue()  # redrawn in place
     assert "1/4 prompts" in last and "50 NFE/s" in last and "ETA 6s" in last and "best 0.75" in last
     assert "[" + "#" * 6 + "." * 18 + "]" in last
     now[0] = 4.0
@@ -62,15 +64,19 @@ def test_bar_shows_prompts_rate_eta_and_best_reward():
     assert tty.getvalue().endswith("\n")
 
 
-def test_bar_is_cleared_before_a_log_line():
+def test_a_log_line_clears_the_bar_and_the_bar_is_redrawn(monkeypatch, capsys):
     tty = FakeTTY()
+    monkeypatch.setattr("sys.stderr", tty)  # tqdm.write clears bars that share the terminal with the line
     bar = BarProgress(tty, min_interval_s=0.0)
     rec = RunRecorder("bon", "m", "r", prompts=2, planned_nfe=20, progress=bar)
     rec.batch_evaluated(5, [])
-    lines = []
-    rec.wrap_log(lines.append)("shard 1/1 committed")
-    assert lines == ["shard 1/1 committed"]
-    assert tty.getvalue().endswith("\r" + " " * len(tty.getvalue().split("\r")[-2]) + "\r")
+    drawn = tty.getvalue()
+    record = logging.LogRecord("flowscale_ray.x", logging.INFO, __file__, 1, "shard 1/1 committed", None, None)
+    ConsoleHandler().emit(record)
+    assert capsys.readouterr().out == "shard 1/1 committed\n"
+    after = tty.getvalue()[len(drawn) :]
+    assert after.startswith("\r") and after.strip(" \r").startswith("[")  # cleared, then drawn again
+    rec.close()
 
 
 def test_log_lines_come_every_interval():
@@ -95,12 +101,12 @@ def test_log_lines_come_every_interval():
 
 
 def test_a_run_logs_progress_lines_and_default_output_has_none(tmp_path):
-    lines = []
-    report = run_job(load_job(job_doc(tmp_path, progress="log", log_interval_s=1e-6)), log=lines.append)
+    with LogLines() as lines:
+        report = run_job(load_job(job_doc(tmp_path, progress="log", log_interval_s=1e-6)))
     progress = [m for m in lines if m.startswith("progress: ")]
     assert progress[-1].startswith(f"progress: 4/4 prompts (0 failed), {report.nfe} NFE, ")
-    quiet = []
-    run_job(load_job({**job_doc(tmp_path), "name": "quiet"}), log=quiet.append)  # not a terminal, 30 s interval
+    with LogLines() as quiet:
+        run_job(load_job({**job_doc(tmp_path), "name": "quiet"}))  # not a terminal, 30 s interval
     assert not [m for m in quiet if m.startswith("progress")]
     assert any("prompts run (0 failed)" in m for m in quiet)
 

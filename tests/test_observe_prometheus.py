@@ -164,7 +164,8 @@ def wait_for(base: str, query: str, want: float, timeout: float = 30.0) -> None:
 @pytest.mark.slow
 def test_every_dashboard_panel_returns_data_from_a_live_ray_run(local_ray, prometheus, tmp_path):
     from flowscale_ray.config import load_job
-    from flowscale_ray.job import run_with_baselines
+    from flowscale_ray.run import run_with_baselines
+    from tests.helpers import LogLines
 
     base, port = prometheus
     job = load_job(
@@ -180,7 +181,7 @@ def test_every_dashboard_panel_returns_data_from_a_live_ray_run(local_ray, prome
             "metrics": {"port": port, "progress": "off"},
         }
     )
-    lines: list[str] = []
+    lines = LogLines()
 
     def registry(name: str, method: str) -> float:  # this process's counters (earlier tests may have added)
         labels = {"method": method, "model": "gmm2d", "reward": "mode_log_density"}
@@ -188,7 +189,8 @@ def test_every_dashboard_panel_returns_data_from_a_live_ray_run(local_ray, prome
 
     names = ("flowscale_prompts_finished_total", "flowscale_nfe_total")
     before = {(n, m): registry(n, m) for n in names for m in ("rbf", "smc")}
-    smc, rbf = run_with_baselines(job, log=lines.append)
+    with lines:
+        smc, rbf = run_with_baselines(job)
     assert f"metrics: serving Prometheus metrics at http://127.0.0.1:{port}/metrics" in lines
     # Prometheus holds exactly what the run did.
     for report, m in ((rbf, "rbf"), (smc, "smc")):

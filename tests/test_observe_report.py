@@ -10,8 +10,8 @@ import pytest
 
 from flowscale_ray.cli import main
 from flowscale_ray.config import load_job
-from flowscale_ray.job import run_with_baselines
 from flowscale_ray.observe.report import reward_curve, utilization_series
+from flowscale_ray.run import run_with_baselines
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory):
             "metrics": {"progress": "off", "timeline_interval_s": 0.01},
         }
     )
-    run_with_baselines(job, log=lambda _m: None)
+    run_with_baselines(job)
     return out
 
 

@@ -1,15 +1,16 @@
 """Wiring for a run: the `/metrics` server (driver only, once per process), the progress display and the
-RunRecorder the executors report to. flowscale_ray.job calls `observe_run` once per run call."""
+RunRecorder the executors report to. The run loop (flowscale_ray.run.loop) calls `observe_run` once per run call."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TextIO
 
-from flowscale_ray.config import MetricsConfig
+from flowscale_ray.config import ConfigError, MetricsConfig
+from flowscale_ray.logs import get_logger
 from flowscale_ray.observe.progress import make_progress
 from flowscale_ray.observe.recorder import RunRecorder
 
+log = get_logger(__name__)
 _announced: set[tuple[str, int]] = set()
 
 
@@ -22,7 +23,6 @@ def observe_run(
     prompts: int,
     planned_nfe: int,
     replicas: int,
-    log: Callable[[str], None],
     stream: TextIO | None = None,
 ) -> RunRecorder:
     """A RunRecorder for one run call. With `cfg.port` set, serves Prometheus metrics on cfg.host (loopback by
@@ -34,14 +34,12 @@ def observe_run(
         try:
             port = serve(cfg.port, cfg.host)  # type: ignore[arg-type]
         except OSError as exc:
-            from flowscale_ray.config import ConfigError
-
             raise ConfigError("metrics.port", f"cannot serve on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
         if (cfg.host, port) not in _announced:
             _announced.add((cfg.host, port))
             host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-            log(f"metrics: serving Prometheus metrics at http://{host}:{port}/metrics")
-    progress = make_progress(cfg.progress, log, cfg.log_interval_s, stream)
+            log.info(f"metrics: serving Prometheus metrics at http://{host}:{port}/metrics")
+    progress = make_progress(cfg.progress, cfg.log_interval_s, stream)
     return RunRecorder(
         method,
         model,

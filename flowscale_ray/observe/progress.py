@@ -1,7 +1,7 @@
-"""Progress for people at a terminal: a one-line bar redrawn in place on an interactive terminal, plain
-periodic log lines otherwise (CI, Ray job logs, files).
+"""Progress for people at a terminal: a tqdm bar on an interactive terminal, plain periodic log lines otherwise
+(CI, Ray job logs, files).
 
-    [##########..........] 12/50 prompts  3400 NFE/s  ETA 1m20s  best 0.931
+    [############            ] 12/50 prompts  3400 NFE/s  ETA 1m20s  best 0.931
     progress: 12/50 prompts (0 failed), 40800 NFE, 3400 NFE/s, ETA 1m20s, best reward 0.931
 
 The ETA comes from the NFE still planned (the methods' planned NFE per prompt) at the NFE rate so far, so it
@@ -15,6 +15,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
+
+from flowscale_ray.logs import get_logger
 
 BAR_WIDTH = 24
 MODES = ("auto", "bar", "log", "off")
@@ -47,64 +49,59 @@ def _figures(totals: Any, elapsed: float) -> tuple[float, float, str]:
 
 
 class BarProgress:
-    """Redraws one line with '\\r' at most every `min_interval_s` (and at the end)."""
+    """A tqdm bar over the prompts, with the NFE rate, the NFE-based ETA and the best reward after it.
+    Log lines go through tqdm.write (flowscale_ray.logs), which clears the bar first and redraws it after."""
 
     def __init__(self, stream: TextIO, min_interval_s: float = 0.2, clock: Callable[[], float] = time.monotonic):
-        self.stream = stream
-        self.min_interval = min_interval_s
-        self.clock = clock
-        self._last = -math.inf
-        self._width = 0
+        from tqdm import tqdm
 
-    def line(self, totals: Any, elapsed: float) -> str:
-        rate, eta, best = _figures(totals, elapsed)
-        frac = totals.done / totals.prompts if totals.prompts else 1.0
-        filled = round(frac * BAR_WIDTH)
-        bar = "#" * filled + "." * (BAR_WIDTH - filled)
-        failed = f" ({totals.failed} failed)" if totals.failed else ""
-        return (
-            f"[{bar}] {totals.done}/{totals.prompts} prompts{failed}  {rate:.0f} NFE/s  "
-            f"ETA {format_duration(eta)}  best {best}"
+        self.clock = clock
+        self.min_interval = min_interval_s
+        self._last = -math.inf
+        self.bar = tqdm(
+            total=0,
+            file=stream,
+            unit="prompt",
+            bar_format="[{bar:24}] {n_fmt}/{total_fmt} prompts{desc}",  # desc: our own figures, as is
+            ascii=".#",
+            mininterval=0,
+            dynamic_ncols=False,
+            ncols=120,
+            leave=True,
         )
 
-    def _draw(self, text: str) -> None:
-        pad = " " * max(0, self._width - len(text))
-        self.stream.write("\r" + text + pad)
-        self.stream.flush()
-        self._width = len(text)
+    @staticmethod
+    def figures(totals: Any, elapsed: float) -> str:
+        rate, eta, best = _figures(totals, elapsed)
+        failed = f" ({totals.failed} failed)" if totals.failed else ""
+        return f"{failed}  {rate:.0f} NFE/s  ETA {format_duration(eta)}  best {best}"
 
-    def wrap_log(self, log: Callable[[str], None]) -> Callable[[str], None]:
-        """`log`, clearing the bar first so that a log line never lands in the middle of it (redrawn on the
-        next update)."""
-
-        def clearing(message: str) -> None:
-            if self._width:
-                self.stream.write("\r" + " " * self._width + "\r")
-                self.stream.flush()
-                self._width = 0
-                self._last = -math.inf
-            log(message)
-
-        return clearing
+    def _draw(self, totals: Any, elapsed: float) -> None:
+        self.bar.total = totals.prompts
+        self.bar.n = totals.done
+        self.bar.desc = self.figures(totals, elapsed)
+        self.bar.refresh()
 
     def update(self, totals: Any, elapsed: float) -> None:
         now = self.clock()
         if now - self._last < self.min_interval:
             return
         self._last = now
-        self._draw(self.line(totals, elapsed))
+        self._draw(totals, elapsed)
 
     def close(self, totals: Any, elapsed: float) -> None:
-        self._draw(self.line(totals, elapsed))
-        self.stream.write("\n")
-        self.stream.flush()
+        self._draw(totals, elapsed)
+        self.bar.close()
 
 
 class LogProgress:
-    """A plain line through `log` every `interval_s` seconds (none for runs shorter than that)."""
+    """A plain line through `log` (default: the package's logger) every `interval_s` seconds (none for runs
+    shorter than that)."""
 
-    def __init__(self, log: Callable[[str], None], interval_s: float, clock: Callable[[], float] = time.monotonic):
-        self.log = log
+    def __init__(
+        self, log: Callable[[str], None] | None, interval_s: float, clock: Callable[[], float] = time.monotonic
+    ):
+        self.log = log if log is not None else get_logger(__name__).info
         self.interval = interval_s
         self.clock = clock
         self._next = clock() + interval_s
@@ -128,7 +125,7 @@ class LogProgress:
 
 
 def make_progress(
-    mode: str, log: Callable[[str], None], interval_s: float, stream: TextIO | None = None
+    mode: str, interval_s: float, stream: TextIO | None = None, log: Callable[[str], None] | None = None
 ) -> BarProgress | LogProgress | None:
     """'auto': a bar when `stream` (default stderr) is an interactive terminal, else log lines; 'bar', 'log',
     'off' force one."""

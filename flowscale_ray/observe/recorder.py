@@ -2,7 +2,7 @@
 
 Executors and the run loop call a `Recorder` (a no-op by default, so tests and library users pay nothing):
 
-    prompt_started() / prompt_finished(result) / prompt_failed()     the run loop (flowscale_ray.job)
+    prompt_started() / prompt_finished(result) / prompt_failed()     the run loop (flowscale_ray.run)
     batch_evaluated(nfe, rewards)     a search's batch came back: NFE charged, rewards of scored candidates
     replica_call(replica, CallStats)  one model-replica call, timed inside the replica
     reward_call(replica, seconds)     one call to a separate reward actor (driver-side round trip)
@@ -279,11 +279,6 @@ class RunRecorder(Recorder):
             self.m.STORAGE_RETRIES.labels(**self.labels).inc()
 
     # -- timeline and progress -------------------------------------------------------------------------------
-    def wrap_log(self, log: Callable[[str], None]) -> Callable[[str], None]:
-        """`log`, made to play well with the progress display (a bar is cleared before a line is logged)."""
-        wrap = getattr(self.progress, "wrap_log", None)
-        return wrap(log) if wrap is not None else log
-
     def elapsed(self) -> float:
         return self.clock() - self.started_at
 

@@ -1,0 +1,191 @@
+"""The run loop: every prompt of a job through an executor, each result into the run's output as it finishes.
+
+A prompt whose search raises (or whose scoring or decoding raises) is isolated: the prompts that were in flight
+are rerun one at a time, the culprit gets a `failed` row and the run goes on. Failures one after another point
+at the machinery, not the prompts: after MAX_CONSECUTIVE_FAILURES the run stops, keeping committed shards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flowscale_ray.config import JobConfig
+from flowscale_ray.errors import first_line
+from flowscale_ray.execution import Executor, SearchTask, TaskResult
+from flowscale_ray.io.storage import Redactor
+from flowscale_ray.logs import get_logger, redacting
+from flowscale_ray.observe.recorder import NULL_RECORDER, Recorder
+from flowscale_ray.prompts import Prompt
+from flowscale_ray.run.components import load_prompts, resolve_sampler_shift
+from flowscale_ray.run.executors import open_executor
+from flowscale_ray.run.output import RunOutput
+from flowscale_ray.run.tables import format_table
+from flowscale_ray.search.base import SearchMethod
+
+log = get_logger(__name__)
+
+MAX_CONSECUTIVE_FAILURES = 3  # prompts failing one after another in isolation: the fault is not the prompts'
+PREVIEW_ROWS = 20
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    uri: str  # the run's folder (credentials redacted)
+    prompts: int
+    ran: int  # prompts run by this call (the rest were committed before)
+    manifest: dict[str, Any]
+    elapsed: float
+    nfe: int  # spent by this call
+    failed: int  # prompts of this call whose search raised
+    preview: list[TaskResult] = field(default_factory=list)  # the first few results of this call
+
+
+def run_job(job: JobConfig, base_dir: Path | None = None) -> RunReport:
+    """Run (or resume) a job; returns what was done. Bad input raises ConfigError before any work."""
+    redact = Redactor.for_storage(job.storage)
+    with redacting(redact):
+        job = resolve_sampler_shift(job)
+        prompts = load_prompts(job.prompts, base_dir, job.storage)
+        output = RunOutput.open(job, prompts)
+        done = output.existing()
+        if done is not None:
+            rows = done["counts"]["rows"]
+            log.info(f"run {job.run_id} is already complete ({rows} rows); nothing to do: {output.uri}")
+            return RunReport(job.run_id, output.uri, len(prompts), 0, done, 0.0, 0, 0)
+        method = job.method.build()
+        with open_executor(job) as executor:
+            return _run(job, prompts, output, method, executor, redact)
+
+
+def _run(
+    job: JobConfig,
+    prompts: list[Prompt],
+    output: RunOutput,
+    method: SearchMethod,
+    executor: Executor,
+    redact: Callable[[str], str],
+) -> RunReport:
+    todo = output.begin(executor.model_id, method.settings())
+    planned = method.planned_nfe(executor.context)
+    resumed = output.resumed_shards
+    note = f"; resuming: {resumed} of {output.num_shards} shards already committed" if resumed is not None else ""
+    log.info(
+        f"job {job.name}: {len(prompts)} prompts, method {method.name} ({planned} NFE/prompt), "
+        f"sampler {job.sampler.label}, model {executor.model_id}, reward {job.reward.name}, "
+        f"executor {job.executor.kind}{note}"
+    )
+    from flowscale_ray.observe.live import observe_run
+
+    replicas = job.executor.replicas if job.executor.kind == "ray" else 1
+    recorder = observe_run(
+        job.metrics, method=method.name, model=executor.model_id, reward=job.reward.name, prompts=len(todo),
+        planned_nfe=planned * len(todo), replicas=replicas,
+    )  # fmt: skip
+    executor.recorder = recorder
+    output.on_retry = recorder.storage_retry
+    output.on_commit = lambda _shard, stats: recorder.shard_committed(stats.rows, stats.bytes)
+    started = time.perf_counter()
+    nfe = failed = 0
+    preview: list[TaskResult] = []
+    # A failed prompt's row is held back until a later prompt succeeds: if the failures go on until the run
+    # stops (a broken model, not bad prompts), they are not committed and the resumed run retries them.
+    held_back: list[tuple[int, Exception]] = []
+
+    def record_failures() -> None:
+        for i, exc in held_back:
+            output.add_failure(i, first_line(exc))
+        held_back.clear()
+
+    for index, outcome in run_prompts(executor, method, job.seed, prompts, todo, redact, recorder):
+        if isinstance(outcome, TaskResult):
+            recorder.prompt_finished(outcome)
+            record_failures()
+            nfe += outcome.nfe
+            if len(preview) < PREVIEW_ROWS:
+                preview.append(outcome)
+            output.add(index, outcome)
+        else:
+            recorder.prompt_failed()
+            failed += 1
+            held_back.append((index, outcome))
+    record_failures()
+    output.put_json("timeline.json", recorder.close())  # replica busy time over the run, for `flowscale report`
+    manifest = output.finish()
+    elapsed = time.perf_counter() - started
+    if preview:
+        log.info(format_table(preview))
+    rate = nfe / max(elapsed, 1e-9)
+    counts = manifest["counts"]
+    log.info(
+        f"{len(todo)} prompts run ({failed} failed), {nfe} NFE in {elapsed:.1f}s ({rate:.0f} NFE/s); "
+        f"{counts['rows']} rows in {counts['shards']} shards: {output.uri}"
+    )
+    return RunReport(job.run_id, output.uri, len(prompts), len(todo), manifest, elapsed, nfe, failed, preview)
+
+
+def run_prompts(
+    executor: Executor,
+    method: SearchMethod,
+    seed: int,
+    prompts: list[Prompt],
+    todo: list[int],
+    redact: Callable[[str], str] = str,
+    recorder: Recorder = NULL_RECORDER,
+) -> Iterator[tuple[int, TaskResult | Exception]]:
+    """Run the prompts at `todo`, yielding (index, result) as they finish, or (index, the exception) for a
+    prompt whose search raises. When a search raises, the prompts then in flight are rerun one at a time to
+    find which one fails; after MAX_CONSECUTIVE_FAILURES failures in a row the error is raised instead (a
+    broken model or reward, not a bad prompt): committed shards stay, and the run resumes from there."""
+    index_of = {prompts[i].id: i for i in todo}
+    queue = deque(todo)
+    consecutive = 0
+
+    def task(i: int) -> SearchTask:
+        return SearchTask(prompt=prompts[i], method=method, seed=seed)
+
+    def pull(pulled: list[int]) -> Iterator[SearchTask]:
+        """Tasks from the queue as the executor asks for them, noting which were handed out."""
+        while queue:
+            i = queue.popleft()
+            pulled.append(i)
+            recorder.prompt_started()
+            yield task(i)
+
+    while queue:
+        pulled: list[int] = []
+        done: set[int] = set()
+        try:
+            for result in executor.run(pull(pulled)):
+                i = index_of[result.prompt.id]
+                done.add(i)
+                consecutive = 0
+                yield i, result
+        except Exception as exc:
+            suspects = [i for i in pulled if i not in done]
+            executor.discard_unfinished()
+            log.info(
+                f"a search raised ({redact(first_line(exc))}); rerunning the {len(suspects)} prompts in flight "
+                "one at a time"
+            )
+            for i in suspects:
+                try:
+                    (result,) = list(executor.run([task(i)]))
+                except Exception as single:
+                    executor.discard_unfinished()
+                    consecutive += 1
+                    log.info(f"prompt {prompts[i].id} failed: {redact(first_line(single))}")
+                    if consecutive >= MAX_CONSECUTIVE_FAILURES:
+                        raise RuntimeError(
+                            f"{consecutive} prompts failed in a row (last: {redact(first_line(single))}); stopping. "
+                            "Committed shards are kept: fix the cause and run the job again to resume."
+                        ) from single
+                    yield i, single
+                else:
+                    consecutive = 0
+                    yield i, result

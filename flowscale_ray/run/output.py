@@ -1,0 +1,151 @@
+"""RunOutput: the one object the run loop writes through.
+
+    output = RunOutput.open(job, prompts)     # nothing written yet; a bad location is a ConfigError
+    output.existing()                         # the manifest of a finished run there, else None
+    todo = output.begin(model_id, settings)   # start or resume: the prompt indexes still to run
+    output.add(i, result) / output.add_failure(i, error)   # a shard commits once all its prompts are in
+    manifest = output.finish(timeline)
+
+Behind it: the sharded Parquet writer (flowscale_ray.io.writer), the row builder with the job's curation rules
+(flowscale_ray.io.rows) and the run's identity (flowscale_ray.run.identity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flowscale_ray.config import ConfigError, JobConfig
+from flowscale_ray.errors import first_line
+from flowscale_ray.execution import TaskResult
+from flowscale_ray.io.rows import RunInfo, failed_row, rows_for_result
+from flowscale_ray.io.storage import Redactor, open_filesystem
+from flowscale_ray.io.writer import ShardAssembler, ShardedWriter, ShardStats
+from flowscale_ray.logs import get_logger
+from flowscale_ray.prompts import Prompt
+from flowscale_ray.run.identity import describe_job, versions
+
+log = get_logger(__name__)
+
+
+class RunOutput:
+    def __init__(self, job: JobConfig, prompts: list[Prompt], writer: ShardedWriter, redact: Redactor) -> None:
+        self.job = job
+        self.prompts = prompts
+        self.writer = writer
+        self.redact = redact
+        self.uri = redact(_uri(job, writer.root))  # the run's folder, for people (credentials redacted)
+        self.on_commit: Callable[[int, ShardStats], None] | None = None
+        self.on_retry: Callable[[], None] | None = None
+        self._info: RunInfo | None = None
+        self._assembler: ShardAssembler | None = None
+
+    @classmethod
+    def open(cls, job: JobConfig, prompts: list[Prompt]) -> RunOutput:
+        """The run's output over the job's filesystem; nothing is read or written yet."""
+        redact = Redactor.for_storage(job.storage)
+        identity, config = describe_job(job, prompts)
+        try:
+            fs, base = open_filesystem(job.output.dir, job.storage)
+        except (ValueError, ImportError) as exc:
+            raise ConfigError("output.dir", f"cannot open {redact(job.output.dir)}: {redact(str(exc))}") from None
+        writer = ShardedWriter(
+            fs,
+            f"{base.rstrip('/')}/{job.run_id}",
+            run_id=job.run_id,
+            identity=identity,
+            config=config,
+            num_prompts=len(prompts),
+            shard_size=job.output.shard_size,
+            row_group_size=job.output.row_group_size,
+            retries=job.storage.retries,
+            log=log.info,
+            redact=redact,
+        )
+        out = cls(job, prompts, writer, redact)
+        writer.on_retry = out._retried
+        return out
+
+    # -- before any work -----------------------------------------------------------------------------------------
+    def existing(self) -> dict[str, Any] | None:
+        """Read-only look at the run folder: the manifest of this run if it already finished, else None. A
+        folder holding a different run, or one that cannot be used, is a ConfigError."""
+        try:
+            if not self.writer.check():
+                return None
+        except (FileNotFoundError, PermissionError) as exc:  # no such bucket, access denied: before any work
+            raise ConfigError("output.dir", f"cannot use {self.uri}: {self.redact(first_line(exc))}") from None
+        return self.writer.completed_manifest()
+
+    def describe_state(self) -> str:
+        """'a new run', 'complete' or 'resumes the run there' (read-only; for `flowscale validate`)."""
+        if self.existing() is not None:
+            return "complete"
+        return "resumes the run there" if self.writer.check() else "a new run"
+
+    @property
+    def num_shards(self) -> int:
+        return self.writer.num_shards
+
+    @property
+    def config_hash(self) -> str:
+        return self.writer.config_hash
+
+    # -- the run ---------------------------------------------------------------------------------------------------
+    def begin(self, model_id: str, settings: dict[str, Any]) -> list[int]:
+        """Start or resume the run; returns the indexes of the prompts still to run (in shard order)."""
+        try:
+            self.writer.begin()
+        except (FileNotFoundError, PermissionError) as exc:
+            raise ConfigError("output.dir", f"cannot use {self.uri}: {self.redact(first_line(exc))}") from None
+        self._info = RunInfo.for_job(self.job, self.writer.config_hash, model_id, settings)
+        self._assembler = ShardAssembler(self.writer, on_commit=self._committed)
+        return [i for shard in self.writer.pending_shards() for i in self.writer.shard_prompts(shard)]
+
+    @property
+    def resumed_shards(self) -> int | None:
+        """Shards already committed by an earlier call, or None for a new run."""
+        return len(self.writer.state.committed) if self.writer.state.resumed else None
+
+    def add(self, index: int, result: TaskResult) -> None:
+        """Prompt `index`'s rows from its search result."""
+        self._add(index, rows_for_result(result, self._run_info))
+
+    def add_failure(self, index: int, error: str) -> None:
+        """Prompt `index` failed: one `failed` row carrying `error` (redacted)."""
+        self._add(index, [failed_row(self.prompts[index], self._run_info, self.redact(error))])
+
+    def put_json(self, name: str, doc: Any) -> None:
+        """A JSON document beside the data (e.g. the run's timeline)."""
+        self.writer.put_json(name, doc)
+
+    def finish(self) -> dict[str, Any]:
+        """Write the manifest and `_SUCCESS` once every shard is committed; returns the manifest."""
+        return self.writer.finish(versions())
+
+    # -- internals ---------------------------------------------------------------------------------------------------
+    @property
+    def _run_info(self) -> RunInfo:
+        if self._info is None:
+            raise RuntimeError("RunOutput.begin() must be called before rows are added")
+        return self._info
+
+    def _add(self, index: int, rows: list[dict[str, Any]]) -> None:
+        if self._assembler is None:
+            raise RuntimeError("RunOutput.begin() must be called before rows are added")
+        self._assembler.add(index, rows)
+
+    def _committed(self, shard: int, stats: ShardStats) -> None:
+        log.info(f"shard {shard + 1}/{self.writer.num_shards} committed: {stats.rows} rows, {stats.bytes / 1e6:.2f} MB")
+        if self.on_commit is not None:
+            self.on_commit(shard, stats)
+
+    def _retried(self) -> None:
+        if self.on_retry is not None:
+            self.on_retry()
+
+
+def _uri(job: JobConfig, root: str) -> str:
+    if "://" in job.output.dir and not job.output.dir.startswith("file://"):
+        return f"{job.output.dir.split('://', 1)[0]}://{root}"
+    return root
