@@ -34,7 +34,7 @@ from torch import Tensor
 
 from flowscale_ray.builtin import shapes
 from flowscale_ray.prompts import Prompt
-from flowscale_ray.rewards.base import Reward, register_reward
+from flowscale_ray.rewards.base import Reward
 
 # Prototypes: index 0 background, 1..4 the object colours (shapes.COLOURS order), then distractors.
 _PROTOTYPES = torch.tensor(
@@ -168,7 +168,6 @@ def counting_scores(
     return reward, exact
 
 
-@register_reward("counting")
 class CountingReward(Reward):
     """Counting reward; options are those of `count_objects` plus `penalize_others` and `match_shape`."""
 

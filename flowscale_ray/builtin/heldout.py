@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from flowscale_ray.builtin import shapes
 from flowscale_ray.builtin.counting import prompt_targets
 from flowscale_ray.prompts import Prompt
-from flowscale_ray.rewards.base import Reward, register_reward
+from flowscale_ray.rewards.base import Reward
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_COUNTER_WEIGHTS = ASSETS / "shapes_counter.safetensors"
@@ -123,7 +123,6 @@ def load_counter(path: str | Path | None = None) -> CountNet:
 _MODES = ("prob", "log_prob", "sq_error")
 
 
-@register_reward("counting_heldout")
 class HeldoutCountingReward(Reward):
     """CNN-based counting score (see the module docstring); options: mode, weights, batch_size."""
 

@@ -37,7 +37,6 @@ from torch import Tensor, nn
 
 from flowscale_ray.builtin import shapes
 from flowscale_ray.models.base import Condition, FlowModel
-from flowscale_ray.models.registry import register_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_WEIGHTS = ASSETS / "shapes_flow.safetensors"
@@ -276,7 +275,6 @@ def load_net(path: str | Path) -> tuple[ShapesUNet, dict[str, Any]]:
     return net, meta
 
 
-@register_model("shapes")
 def load_shapes_model(
     weights: str | None = None,
     guidance: float | None = None,
@@ -330,14 +328,25 @@ def sample_ode(
 
 
 def evaluate(
-    model: FlowModel, prompts: Sequence[str], samples_per_prompt: int = 4, steps: int = 10, seed: int = 0
+    model: FlowModel,
+    prompts: Sequence[str],
+    samples_per_prompt: int = 4,
+    steps: int = 10,
+    seed: int = 0,
+    reward: Any = None,
 ) -> dict[str, Any]:
-    """Exact-count accuracy and mean counting reward of plain ODE sampling over prompts x seeds."""
-    from flowscale_ray.builtin.counting import CountingReward
+    """Exact-count accuracy and mean counting reward of plain ODE sampling over prompts x seeds.
 
+    reward: an object whose `scores(images, prompts)` returns (reward, exact, counts); default the reward
+    registered as "counting", built by name so that the model does not import a reward module.
+    """
+    if reward is None:
+        from flowscale_ray.rewards import build_reward
+
+        reward = build_reward("counting")
     rows = [(p, seed * 1_000_003 + i * 1000 + j) for i, p in enumerate(prompts) for j in range(samples_per_prompt)]
     images = sample_ode(model, [p for p, _ in rows], [s for _, s in rows], steps=steps)
-    reward, exact, _ = CountingReward().scores(images, [p for p, _ in rows])
+    reward, exact, _ = reward.scores(images, [p for p, _ in rows])
     per_prompt = exact.view(len(prompts), samples_per_prompt).mean(1)
     return {
         "accuracy": float(exact.mean()),

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowscale_ray.number_words import NUMBER_WORDS
+
 IMAGE_SIZE = 32
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 SHAPES: tuple[str, ...] = ("circle", "square")
@@ -47,22 +49,7 @@ MAX_TOTAL = 8  # objects per image
 OBJECT_BOX = 7  # bounding box side of a sprite (the square is 6x6 inside it)
 GAP = 2  # minimum number of background pixels between two objects' bounding boxes
 
-NUMBER_WORDS: dict[str, int] = {
-    "zero": 0,
-    "no": 0,
-    "one": 1,
-    "a": 1,
-    "an": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-}
+# NUMBER_WORDS (imported above) is shared with rewards.detection, so it lives in a neutral module.
 
 
 @dataclass(frozen=True)

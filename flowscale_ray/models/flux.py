@@ -23,7 +23,6 @@ from torch import Tensor
 
 from flowscale_ray.models import diffusers_common as dc
 from flowscale_ray.models.base import Condition
-from flowscale_ray.models.registry import register_model
 
 FLUX_LAYOUT = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 
@@ -109,7 +108,6 @@ class FluxFlowModel(dc.DiffusersFlowModel):
         return unpack(out, self.h, self.w)
 
 
-@register_model("flux")
 def load_flux(
     path: str,
     dtype: str | None = None,

@@ -19,7 +19,6 @@ from torch import Tensor
 
 from flowscale_ray.core.interpolants import Interpolant, LinearInterpolant
 from flowscale_ray.models.base import Condition, FlowModel
-from flowscale_ray.models.registry import register_model
 
 
 class GaussianMixtureFlow(FlowModel):
@@ -121,7 +120,6 @@ class GaussianMixtureFlow(FlowModel):
         return resp.argmax(-1)
 
 
-@register_model("gmm2d")
 def gmm2d(interpolant: str = "linear") -> GaussianMixtureFlow:
     """Three well-separated 2-D modes with unequal weights and anisotropic variances."""
     from flowscale_ray.core.interpolants import get_interpolant
@@ -135,7 +133,6 @@ def gmm2d(interpolant: str = "linear") -> GaussianMixtureFlow:
     )
 
 
-@register_model("gmm_highdim")
 def gmm_highdim(dim: int = 64, modes: int = 4, seed: int = 0) -> GaussianMixtureFlow:
     """`modes` random modes in `dim` dimensions (random directions, norm 3 dim^(1/4)), variances in
     [0.2, 0.6]), fixed by `seed`."""

@@ -1,4 +1,10 @@
-"""Model registry: job files name a model and give its options; users can register their own."""
+"""Model registry: job files name a model and give its options.
+
+The built-ins are a table of `"module:factory"` strings, imported only when that model is built, so this
+module imports no model. Other packages add models through the entry-point group `flowscale_ray.models`
+(see docs/plugins.md); code can also register one in-process with `@register_model("name")`, or a job file
+can name any factory as `package.module:factory`.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,32 @@ from collections.abc import Callable
 from typing import Any
 
 from flowscale_ray.models.base import FlowModel
+from flowscale_ray.plugins import MODEL_GROUP, Registry, check_callable
 
 ModelFactory = Callable[..., FlowModel]
-MODELS: dict[str, ModelFactory] = {}
+
+BUILTIN_MODELS: dict[str, str] = {
+    "gmm2d": "flowscale_ray.models.gaussian_mixture:gmm2d",
+    "gmm_highdim": "flowscale_ray.models.gaussian_mixture:gmm_highdim",
+    "shapes": "flowscale_ray.builtin.model:load_shapes_model",
+    "flux": "flowscale_ray.models.flux:load_flux",  # diffusers is imported only when one is built
+    "sd3": "flowscale_ray.models.sd3:load_sd3",
+}
+
+MODELS: Registry[ModelFactory] = Registry("model", BUILTIN_MODELS, MODEL_GROUP, check=check_callable)
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: register a model factory under `name` in this process (wins over a built-in of that name)."""
+
     def wrap(factory: ModelFactory) -> ModelFactory:
-        MODELS[name] = factory
-        return factory
+        return MODELS.register(name, factory)
 
     return wrap
 
 
 def build_model(name: str, options: dict[str, Any] | None = None) -> FlowModel:
-    """Build a registered model, or one given as 'package.module:factory'."""
-    _load_builtin_models()
+    """Build a registered, built-in or plugin model, or one given as 'package.module:factory'."""
     factory: ModelFactory
     if name in MODELS:
         factory = MODELS[name]
@@ -34,9 +50,3 @@ def build_model(name: str, options: dict[str, Any] | None = None) -> FlowModel:
             f"model.name: unknown model {name!r}; allowed: {', '.join(sorted(MODELS))} or 'module:factory'"
         )
     return factory(**(options or {}))
-
-
-def _load_builtin_models() -> None:
-    # Importing registers them.
-    from flowscale_ray.builtin import model  # noqa: F401
-    from flowscale_ray.models import flux, gaussian_mixture, sd3  # noqa: F401  (diffusers loads lazily)

@@ -20,7 +20,6 @@ from torch import Tensor
 
 from flowscale_ray.models import diffusers_common as dc
 from flowscale_ray.models.base import Condition
-from flowscale_ray.models.registry import register_model
 
 SD3_LAYOUT = (
     "transformer",
@@ -112,7 +111,6 @@ class SD3FlowModel(dc.DiffusersFlowModel):
         return v_uncond + self.guidance_scale * (v_cond - v_uncond)
 
 
-@register_model("sd3")
 def load_sd3(
     path: str,
     dtype: str | None = None,

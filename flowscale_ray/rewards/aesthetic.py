@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from flowscale_ray.prompts import Prompt
-from flowscale_ray.rewards.base import Reward, register_reward
+from flowscale_ray.rewards.base import Reward
 from flowscale_ray.rewards.clip import ClipEmbedder, check_batch_size
 
 HEAD_FILE = "aesthetic_head.safetensors"
@@ -52,7 +52,6 @@ def load_head(file: Path, in_dim: int) -> nn.Sequential:
     return nn.Sequential(*layers).eval().requires_grad_(False)
 
 
-@register_reward("aesthetic")
 class AestheticReward(Reward):
     name = "aesthetic"
 

@@ -9,10 +9,9 @@ import torch
 from torch import Tensor
 
 from flowscale_ray.prompts import Prompt
-from flowscale_ray.rewards.base import Reward, register_reward
+from flowscale_ray.rewards.base import Reward
 
 
-@register_reward("mode_log_density")
 class ModeLogDensity(Reward):
     """Per-dimension log-density of one Gaussian mode: r(x) = log N(x; mu, diag(var)) / D.
 
@@ -53,7 +52,6 @@ class ModeLogDensity(Reward):
         return -0.5 * (quad + logdet) / x.shape[1]
 
 
-@register_reward("negative_distance")
 class NegativeDistance(Reward):
     """r(x) = -||x - target|| (a held-out style check for the analytic models)."""
 

@@ -1,11 +1,12 @@
-"""The reward contract and registry.
+"""The reward contract and building rewards by name.
 
 A reward maps decoded samples (images [B, C, H, W] in [0, 1], or analytic samples [B, D]) and the prompt
 of each row to one float per row; higher is better. Rewards never count as NFE.
 
-Users add rewards either by registering a class or function under a name (`@register_reward("name")`) or by
-naming it in a job file as 'package.module:attribute'. A plain callable `f(samples, prompts) -> Tensor` is
-accepted and wrapped.
+Names resolve through `rewards.registry.REWARDS` (built-ins, loaded lazily, and plugins of the entry-point
+group `flowscale_ray.rewards`, see docs/plugins.md). Code can also register a class or function in-process
+(`@register_reward("name")`), and a job file can name any as 'package.module:attribute'. A plain callable
+`f(samples, prompts) -> Tensor` is accepted and wrapped.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from flowscale_ray.prompts import Prompt
+from flowscale_ray.rewards.registry import REWARDS, RewardFactory
 
 
 class Reward:
@@ -37,21 +39,21 @@ class FunctionReward(Reward):
         return self.fn(samples, prompts)
 
 
-RewardFactory = Callable[..., Any]
-REWARDS: dict[str, RewardFactory] = {}
+__all__ = ["REWARDS", "FunctionReward", "Reward", "as_reward_tensor", "build_reward", "register_reward"]
 
 
 def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
+    """Decorator: register a reward class, factory or function under `name` in this process."""
+
     def wrap(factory: RewardFactory) -> RewardFactory:
-        REWARDS[name] = factory
-        return factory
+        return REWARDS.register(name, factory)
 
     return wrap
 
 
 def build_reward(name: str, options: dict[str, Any] | None = None) -> Reward:
-    """Build a registered reward, or one given as 'package.module:attribute' (class, factory or function)."""
-    _load_builtin_rewards()
+    """Build a registered, built-in or plugin reward, or one given as 'package.module:attribute' (class,
+    factory or function)."""
     if name in REWARDS:
         obj: Any = REWARDS[name]
     elif ":" in name:
@@ -95,8 +97,3 @@ def as_reward_tensor(values: Tensor, batch: int) -> Tensor:
     if torch.isnan(values).any():
         raise ValueError("reward returned NaN")
     return values
-
-
-def _load_builtin_rewards() -> None:
-    from flowscale_ray.builtin import counting, heldout  # noqa: F401
-    from flowscale_ray.rewards import aesthetic, analytic, clip, combine, detection, jpeg  # noqa: F401

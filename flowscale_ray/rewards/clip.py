@@ -14,7 +14,7 @@ from torch import Tensor
 
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import hf_common as hf
-from flowscale_ray.rewards.base import Reward, register_reward
+from flowscale_ray.rewards.base import Reward
 
 
 class ClipEmbedder:
@@ -52,7 +52,6 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-@register_reward("clip_score")
 class ClipScore(Reward):
     name = "clip_score"
 

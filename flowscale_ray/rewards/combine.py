@@ -9,12 +9,11 @@ import torch
 from torch import Tensor
 
 from flowscale_ray.prompts import Prompt
-from flowscale_ray.rewards.base import Reward, as_reward_tensor, build_reward, register_reward
+from flowscale_ray.rewards.base import Reward, as_reward_tensor, build_reward
 
 TERM_KEYS = ("name", "weight", "options")
 
 
-@register_reward("weighted_sum")
 class WeightedSum(Reward):
     """options: terms: [{name: jpeg_compressibility, weight: 0.1, options: {}}, ...] (weight defaults to 1)."""
 

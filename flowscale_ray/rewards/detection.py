@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowscale_ray.builtin.shapes import NUMBER_WORDS
+from flowscale_ray.number_words import NUMBER_WORDS
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import hf_common as hf
-from flowscale_ray.rewards.base import Reward, register_reward
+from flowscale_ray.rewards.base import Reward
 from flowscale_ray.rewards.clip import check_batch_size
 
 _GROUP = re.compile(r"^\s*(\d+|" + "|".join(NUMBER_WORDS) + r")\s+(.+?)\s*$", re.IGNORECASE)
@@ -45,7 +45,7 @@ def singular(phrase: str) -> str:
 def parse_groups(text: str) -> list[tuple[str, int]]:
     """'3 red circles and 2 blue squares' -> [('red circle', 3), ('blue square', 2)]; repeats add up.
 
-    Same number words as the built-in parser (shapes.NUMBER_WORDS); parts without a count are ignored.
+    Same number words as the built-in parser (flowscale_ray.number_words); parts without a count are ignored.
     """
     found: dict[str, int] = {}
     for part in re.split(r",|;|\band\b|\bwith\b", text.lower().rstrip(". ")):
@@ -73,7 +73,6 @@ def _check_threshold(field: str, value: Any) -> float:
     return float(value)
 
 
-@register_reward("object_count")
 class ObjectCountReward(Reward):
     name = "object_count"
 

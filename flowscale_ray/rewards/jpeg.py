@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from flowscale_ray.prompts import Prompt
-from flowscale_ray.rewards.base import Reward, register_reward
+from flowscale_ray.rewards.base import Reward
 
 
 def to_uint8_hwc(images: Tensor) -> Tensor:
@@ -49,7 +49,6 @@ class _JpegReward(Reward):
         return self.sign * jpeg_size_kb(samples, self.quality)
 
 
-@register_reward("jpeg_compressibility")
 class JpegCompressibility(_JpegReward):
     """-(JPEG size in kB): rewards images that compress well."""
 
@@ -57,7 +56,6 @@ class JpegCompressibility(_JpegReward):
     sign = -1.0
 
 
-@register_reward("jpeg_incompressibility")
 class JpegIncompressibility(_JpegReward):
     """+(JPEG size in kB): rewards detailed images."""
 

@@ -1,9 +1,10 @@
 """Search methods: Best-of-N, Search over Paths, SMC, CoDe, SVDD and Rollover Budget Forcing.
 
-Methods decide; they never call a model (see protocol.py). Importing this package registers them all.
+Methods decide; they never call a model (see protocol.py). `METHODS` (search.registry) maps names to
+method classes, importing a method's module only when its name is looked up; plugins add methods through the
+entry-point group `flowscale_ray.methods` (docs/plugins.md).
 """
 
-from flowscale_ray.search import best_of_n, code, rbf, search_over_paths, smc  # noqa: F401  (registration)
 from flowscale_ray.search.base import METHODS, SearchMethod, register_method
 from flowscale_ray.search.protocol import (
     Batch,

@@ -1,4 +1,4 @@
-"""Search-method base class and registry.
+"""Search-method base class and in-process registration (the registry itself is `search.registry`).
 
 Each method has a frozen `Config` dataclass (validated in `__post_init__`, unknown keys rejected by the
 job loader) and a `search(ctx, seed)` generator speaking the protocol in `protocol.py`. `planned_nfe(ctx)`
@@ -13,6 +13,18 @@ from typing import Any, ClassVar
 import torch
 
 from flowscale_ray.search.protocol import Evaluation, SearchContext, SearchGenerator
+from flowscale_ray.search.registry import METHODS
+
+__all__ = [
+    "METHODS",
+    "SearchMethod",
+    "argmax_first",
+    "decision_generator",
+    "positive",
+    "rank_desc",
+    "register_method",
+    "spent",
+]
 
 
 class SearchMethod(ABC):
@@ -36,12 +48,9 @@ class SearchMethod(ABC):
         return {"name": self.name, **asdict(self.config)}
 
 
-METHODS: dict[str, type[SearchMethod]] = {}
-
-
 def register_method(cls: type[SearchMethod]) -> type[SearchMethod]:
-    METHODS[cls.name] = cls
-    return cls
+    """Decorator: register a method class under its `name` in this process (built-ins and plugins need not)."""
+    return METHODS.register(cls.name, cls)
 
 
 def argmax_first(values: list[float]) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowscale_ray.search.base import SearchMethod, positive, rank_desc, register_method, spent
+from flowscale_ray.search.base import SearchMethod, positive, rank_desc, spent
 from flowscale_ray.search.protocol import (
     STREAM_INIT,
     Batch,
@@ -32,7 +32,6 @@ class BestOfNConfig:
         positive("n", self.n)
 
 
-@register_method
 class BestOfN(SearchMethod):
     name = "bon"
     Config = BestOfNConfig
@@ -72,7 +71,6 @@ class BestOfN(SearchMethod):
         )
 
 
-@register_method
 class Base(BestOfN):
     """Plain sampling: one trajectory (Best-of-1)."""
 

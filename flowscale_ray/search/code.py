@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowscale_ray.search.base import SearchMethod, argmax_first, positive, rank_desc, register_method, spent
+from flowscale_ray.search.base import SearchMethod, argmax_first, positive, rank_desc, spent
 from flowscale_ray.search.protocol import (
     STREAM_INIT,
     Batch,
@@ -100,7 +100,6 @@ class CoDeConfig:
         positive("block", self.block)
 
 
-@register_method
 class CoDe(SearchMethod):
     name = "code"
     Config = CoDeConfig
@@ -124,7 +123,6 @@ class SVDDConfig:
         positive("n_children", self.n_children)
 
 
-@register_method
 class SVDD(SearchMethod):
     """SVDD with the argmax (beta -> 0) selection the paper uses: CoDe with blocks of one step."""
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowscale_ray.search.base import SearchMethod, argmax_first, positive, rank_desc, register_method, spent
+from flowscale_ray.search.base import SearchMethod, argmax_first, positive, rank_desc, spent
 from flowscale_ray.search.protocol import (
     STREAM_INIT,
     Batch,
@@ -64,7 +64,6 @@ class _Chain:
     done: bool = False
 
 
-@register_method
 class RolloverBudgetForcing(SearchMethod):
     name = "rbf"
     Config = RBFConfig

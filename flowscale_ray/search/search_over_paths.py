@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from flowscale_ray.search.base import SearchMethod, argmax_first, positive, rank_desc, register_method, spent
+from flowscale_ray.search.base import SearchMethod, argmax_first, positive, rank_desc, spent
 from flowscale_ray.search.protocol import (
     STREAM_INIT,
     STREAM_RENOISE,
@@ -66,7 +66,6 @@ def _linspace(start: float, stop: float, n: int) -> list[float]:
     return [start + (stop - start) * q / n for q in range(n + 1)]
 
 
-@register_method
 class SearchOverPaths(SearchMethod):
     name = "sop"
     Config = SearchOverPathsConfig

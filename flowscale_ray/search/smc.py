@@ -22,7 +22,6 @@ from flowscale_ray.search.base import (
     decision_generator,
     positive,
     rank_desc,
-    register_method,
     spent,
 )
 from flowscale_ray.search.protocol import (
@@ -60,7 +59,6 @@ class SMCConfig:
             raise ValueError(f"final_pick: unknown {self.final_pick!r}; allowed: reward, weight")
 
 
-@register_method
 class SMC(SearchMethod):
     name = "smc"
     Config = SMCConfig
