@@ -12,7 +12,8 @@ search-method class) filled from three sources, looked up in this order:
 
 A plugin that fails to load (import error, missing attribute, wrong kind of object) raises `PluginError`,
 whose message is one line naming the plugin, its distribution and the error, and only when that name is
-looked up: a broken plugin never breaks the rest.
+looked up: a broken plugin never breaks the rest (listing everything with `.items()` skips it with a
+one-line warning).
 
 This module is a leaf (standard library only): the registries import no implementation until asked.
 """
@@ -37,9 +38,9 @@ log = logging.getLogger("flowscale_ray.plugins")
 T = TypeVar("T")
 
 
-class PluginError(FlowscaleError, RuntimeError):
-    """A plugin entry point that cannot be used; str() is one line naming the plugin and the error.
-    (Also a RuntimeError, which the command line reports as one line too.)"""
+class PluginError(FlowscaleError, ValueError):
+    """A plugin entry point that cannot be used. str() is one line, "<kind>.name: ...", naming the plugin and
+    the error; a ValueError, so that building a component reports it as a bad job-file field."""
 
 
 def _describe(ep: metadata.EntryPoint) -> str:
@@ -158,7 +159,7 @@ class Registry(Mapping[str, T], Generic[T]):
             try:
                 yield name, self[name]
             except PluginError as exc:
-                log.warning("%s", exc)
+                log.warning("skipping a broken plugin: %s", exc)
 
     def values(self) -> Iterator[T]:  # type: ignore[override]
         for _, obj in self.items():
@@ -171,7 +172,7 @@ class Registry(Mapping[str, T], Generic[T]):
     def _load_plugin(self, name: str, eps: list[metadata.EntryPoint]) -> T:
         if len(eps) > 1:
             raise PluginError(
-                f"{self.kind} {name!r} is declared by {len(eps)} plugins: "
+                f"{self.kind}.name: {self.kind} {name!r} is declared by {len(eps)} plugins: "
                 + "; ".join(_describe(ep) for ep in eps)
                 + ": uninstall one, or name the one you mean as 'module:attribute'"
             )
@@ -179,10 +180,15 @@ class Registry(Mapping[str, T], Generic[T]):
         try:
             obj = ep.load()
         except Exception as exc:
-            raise PluginError(f"{self.kind} {name!r}: {_describe(ep)} failed to load: {first_line(exc)}") from None
+            raise PluginError(
+                f"{self.kind}.name: {self.kind} {name!r} comes from {_describe(ep)}, which failed to load: "
+                f"{first_line(exc)}"
+            ) from None
         problem = self._check(name, obj) if self._check is not None else None
         if problem:
-            raise PluginError(f"{self.kind} {name!r}: {_describe(ep)} is not usable: {problem}")
+            raise PluginError(
+                f"{self.kind}.name: {self.kind} {name!r} comes from {_describe(ep)}, which is unusable: {problem}"
+            )
         return obj
 
     def _warn_shadowed(self, name: str) -> None:
