@@ -28,7 +28,7 @@ def png_bytes(image: Tensor) -> bytes:
 def save_png(image: Tensor, path: Path, scale: int = 1) -> None:
     img = to_pil(image)
     if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     img.save(path, format="PNG")
 
 

@@ -63,9 +63,9 @@ def redacting(redact: Callable[[str], str]) -> Iterator[None]:
         yield
     finally:
         _active.remove(flt)
-        for lg in [logging.getLogger(ROOT), *logging.Logger.manager.loggerDict.values()]:
-            if isinstance(lg, logging.Logger):
-                lg.removeFilter(flt)
+        for each in [logging.getLogger(ROOT), *logging.Logger.manager.loggerDict.values()]:
+            if isinstance(each, logging.Logger):
+                each.removeFilter(flt)
 
 
 class ConsoleHandler(logging.Handler):

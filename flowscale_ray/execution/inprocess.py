@@ -124,7 +124,8 @@ class InProcessExecutor:
         return run
 
     def _evaluations(self, run: _Running, outputs: list[Evaluated]) -> dict[int, Evaluation]:
-        for req in (*run.batch.inits, *run.batch.expands):
+        requests: list[Init | Expand] = [*run.batch.inits, *run.batch.expands]
+        for req in requests:
             run.lineage[req.pid] = req
         scored = [o for o in outputs if o.preview is not None]
         started = time.perf_counter()

@@ -96,7 +96,9 @@ class Executor(Protocol):
 
     context: SearchContext  # what methods plan against (the time grid)
     recorder: Recorder  # metrics and progress hooks
-    model_id: str
+
+    @property
+    def model_id(self) -> str: ...
 
     def run(self, tasks: Iterable[SearchTask]) -> Iterator[TaskResult]: ...
 

@@ -160,8 +160,8 @@ def contact_sheet_of_best(fs: Any, paths: list[str], best: list[dict[str, Any]],
         image = images.get((b["prompt_id"], b["rank"]))
         if image is None or image.get("bytes") is None:
             continue
-        pil = Image.open(io.BytesIO(image["bytes"]))
-        pil = pil.convert("L" if pil.mode in ("L", "1", "I", "F") else "RGB")
+        opened = Image.open(io.BytesIO(image["bytes"]))
+        pil = opened.convert("L" if opened.mode in ("L", "1", "I", "F") else "RGB")
         arr = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0)
         tensors.append(arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1))
     if not tensors:

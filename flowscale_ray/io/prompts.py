@@ -24,7 +24,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,7 @@ def _parquet_rows(f: Any, name: str, spec: PromptFileConfig) -> Iterator[tuple[i
         yield i + 1, {c: values[i] for c, values in columns.items()}
 
 
-def _require_columns(columns: list[str], spec: PromptFileConfig, name: str) -> None:
+def _require_columns(columns: Sequence[str], spec: PromptFileConfig, name: str) -> None:
     for label, col in (("column", spec.column), ("id_column", spec.id_column), ("seed_column", spec.seed_column)):
         if col is not None and col not in columns:
             raise ConfigError(

@@ -15,6 +15,7 @@ and noise keys): with the run seed, the prompt id and the sampler it replays the
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -141,7 +142,7 @@ def _noise(nk: NoiseKey | None) -> dict[str, int] | None:
     return {"chain": nk.chain, "step": nk.step, "candidate": nk.candidate, "stream": nk.stream}
 
 
-def encode_lineage(requests: list[Init | Expand]) -> list[dict[str, Any]]:
+def encode_lineage(requests: Sequence[Init | Expand]) -> list[dict[str, Any]]:
     out = []
     for req in requests:
         if isinstance(req, Init):

@@ -41,8 +41,8 @@ def open_executor(job: JobConfig) -> Iterator[Executor]:
     where = "started a local Ray" if started_here else f"connected to {cfg.address or _ray_address()}"
     log.info(f"ray: {where}; {cfg.replicas} model replica(s)")
 
-    def spec(c: ComponentConfig | None) -> ComponentSpec | None:
-        return None if c is None else ComponentSpec(c.name, dict(c.options))
+    def spec(c: ComponentConfig) -> ComponentSpec:
+        return ComponentSpec(c.name, dict(c.options))
 
     try:
         try:
@@ -50,7 +50,7 @@ def open_executor(job: JobConfig) -> Iterator[Executor]:
                 spec(job.model),
                 job.sampler,
                 spec(job.reward),
-                spec(job.held_out),
+                spec(job.held_out) if job.held_out is not None else None,
                 RuntimeOptions.from_config(cfg),
                 top_k=job.output.top_k,
             )
