@@ -56,10 +56,12 @@ def test_delay_replica_sleeps_once_per_micro_batch_of_rows():
     from flowscale_ray.benchmark.delay import DelayReplica
     from flowscale_ray.core.dynamics import SamplerSpec
 
-    shaped = DelayReplica(None, SamplerSpec(), None, None, micro_batch=8, delay_per_call=0.05)
+    shaped = DelayReplica(None, SamplerSpec(), None, None, micro_batch=8, delay_s=0.05)
     assert [shaped._delay(rows) for rows in (1, 8, 9, 24)] == pytest.approx([0.05, 0.05, 0.1, 0.15])
-    per_call = DelayReplica(None, SamplerSpec(), None, None, micro_batch=None, delay_per_call=0.05)
+    per_call = DelayReplica(None, SamplerSpec(), None, None, micro_batch=None, delay_s=0.05)
     assert per_call._delay(100) == 0.05
+    built = DelayReplica.with_delay(0.02)(None, SamplerSpec(), None, None, micro_batch=4)  # as the driver builds it
+    assert isinstance(built, DelayReplica) and built._delay(5) == pytest.approx(0.04)
 
 
 def test_assignment_rows_are_the_cost_of_each_replicas_requests():

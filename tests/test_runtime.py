@@ -1,6 +1,8 @@
 """The Ray runtime on a real local Ray: same results as in-process whatever the replicas, batching and prompts
-in flight; a killed replica is rebuilt from lineage with identical results; failures are reported, never hung."""
+in flight; a killed replica is rebuilt from lineage with identical results; failures are reported, never hung;
+a search that raises leaves nothing behind. Also (no Ray): every replica class speaks the replica protocol."""
 
+import inspect
 import os
 import signal
 import threading
@@ -10,13 +12,17 @@ import pytest
 import ray
 import torch
 
+from flowscale_ray.benchmark.delay import DelayReplica
 from flowscale_ray.core.dynamics import SamplerSpec
-from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
+from flowscale_ray.execution import Executor, InProcessExecutor, ParticleEngine, SearchTask
+from flowscale_ray.execution.tasks import decision_seed
 from flowscale_ray.models.registry import build_model
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import build_reward
 from flowscale_ray.runtime.driver import RayExecutor, RuntimeFailure, RuntimeOptions
-from flowscale_ray.runtime.replica import ComponentSpec
+from flowscale_ray.runtime.messages import ComponentSpec
+from flowscale_ray.runtime.protocol import Replica
+from flowscale_ray.runtime.replica import ReplicaWorker
 from flowscale_ray.search import METHODS
 
 MODEL = ComponentSpec("gmm2d", {})
@@ -48,7 +54,7 @@ def run_ray(tasks, spec, **opts):
         results = {r.prompt.id: r for r in ex.run(tasks)}
         return results, ex, ex.stats()
     finally:
-        ex.shutdown()
+        ex.close()
 
 
 def assert_same(results, ref):
@@ -97,7 +103,7 @@ def test_killed_replica_is_rebuilt_and_results_are_identical(local_ray):
     try:
         results = {r.prompt.id: r for r in ex.run(tasks)}
     finally:
-        ex.shutdown()
+        ex.close()
     assert killed.is_set()
     assert ex.metrics["restarts"] == 1 and ex.metrics["replayed_nfe"] > 0
     assert_same(results, ref)
@@ -108,7 +114,7 @@ def test_a_replica_that_keeps_dying_fails_the_run_clearly(local_ray):
     ex = RayExecutor(model, SamplerSpec(), REWARD, options=RuntimeOptions(replicas=1, num_cpus=0.5, max_restarts=2))
     with pytest.raises(RuntimeFailure, match=r"replica 0 failed 3 times \(max_restarts=2\); giving up"):
         list(ex.run(tasks_for("bon", n=1)))
-    ex.shutdown()
+    ex.close()
 
 
 def test_a_model_that_fails_to_load_fails_at_start_with_its_error(local_ray):
@@ -129,7 +135,7 @@ def test_a_hung_call_times_out_and_the_run_recovers(local_ray, tmp_path):
     try:
         results = {r.prompt.id: r for r in ex.run(tasks)}
     finally:
-        ex.shutdown()
+        ex.close()
     assert ex.metrics["restarts"] == 1
     assert_same(results, reference(tasks, spec))
 
@@ -157,7 +163,7 @@ def test_memory_stays_flat_over_hundreds_of_prompts(local_ray):
                 samples[n] = (proc.memory_info().rss, _object_store_used())
         stats = ex.stats()
     finally:
-        ex.shutdown()
+        ex.close()
     growth = samples[400][0] - samples[100][0]
     assert growth < 25 * 2**20, f"driver RSS grew {growth / 2**20:.1f} MiB from 100 to 400 prompts"
     assert samples[400][1] <= samples[100][1] + 2**20, samples  # nothing accumulates in the object store
@@ -177,9 +183,9 @@ def test_rewards_in_separate_reward_actors(local_ray):
     )
     try:
         results = {r.prompt.id: r for r in ex.run(tasks)}
-        rstats = ray.get([a.stats.remote() for a in ex.rewarders])
+        rstats = ex.rewards.stats()
     finally:
-        ex.shutdown()
+        ex.close()
     assert_same(results, reference(tasks, spec))
     assert all(r.held_out is not None for r in results.values())
     assert all(s["calls"] > 0 for s in rstats)  # both reward actors scored
@@ -197,7 +203,7 @@ def test_run_can_be_called_again_on_the_same_executor(local_ray):
         again = {r.prompt.id: r for r in ex.run(second)}
         stats = ex.stats()
     finally:
-        ex.shutdown()
+        ex.close()
     assert_same(again, reference(second, spec))
     assert all(s["open_tasks"] == 0 for s in stats)
 
@@ -231,3 +237,88 @@ def test_flowscale_run_on_ray_writes_the_same_dataset(local_ray, tmp_path):
             zip(*(table.column(c).to_pylist() for c in ("prompt_id", "rank", "reward", "nfe")), strict=True)
         )
     assert tables["ray"] == tables["inprocess"] and len(tables["ray"]) == 6
+
+
+class FailsOnBad(METHODS["rbf"]):
+    """RBF whose search raises after its first batch for the prompt with id "bad" (its decision seed)."""
+
+    def __init__(self, config, bad_seed):
+        super().__init__(config)
+        self.bad_seed = bad_seed
+
+    def search(self, ctx, seed):
+        inner = super().search(ctx, seed)
+        if seed != self.bad_seed:
+            return (yield from inner)
+        yield next(inner)
+        raise ValueError("the search for prompt bad failed")
+
+
+def test_a_search_that_raises_is_discarded_and_the_executor_runs_again(local_ray):
+    spec = SamplerSpec()
+    method = FailsOnBad(METHODS["rbf"].Config(**SMALL["rbf"]), bad_seed=decision_seed(3, "bad"))
+    good = [SearchTask(Prompt(f"p{i}", "t"), method, seed=3) for i in range(4)]
+    with_bad = [*good[:2], SearchTask(Prompt("bad", "t"), method, seed=3), *good[2:]]
+    ex = RayExecutor(MODEL, spec, REWARD, options=RuntimeOptions(replicas=2, in_flight=5, num_cpus=0.5))
+    try:
+        assert isinstance(ex, Executor)
+        with pytest.raises(ValueError, match="the search for prompt bad failed"):
+            list(ex.run(with_bad))
+        ex.discard_unfinished()
+        stats = ex.stats()
+        assert all(s["open_tasks"] == 0 and s["live_particles"] == 0 for s in stats), stats
+        suspended = ex.run(good)  # a run left suspended mid-way: discard_unfinished drops it too
+        next(suspended)
+        ex.discard_unfinished()
+        assert all(s["open_tasks"] == 0 and s["live_particles"] == 0 for s in ex.stats())
+        suspended.close()
+        again = {r.prompt.id: r for r in ex.run(good)}
+    finally:
+        ex.close()
+    fresh, _, _ = run_ray(good, spec, replicas=2, in_flight=5)
+    assert_same(again, fresh)
+    assert_same(again, reference(good, spec))
+
+
+@pytest.mark.parametrize("cls", [ReplicaWorker, DelayReplica])
+def test_replica_classes_implement_the_replica_protocol(cls):
+    """The production replica and the benchmarks' stand-in have every method the driver calls, alike."""
+    methods = [n for n, v in vars(Replica).items() if not n.startswith("_") and inspect.isfunction(v)]
+    assert {"ready", "run", "replay", "export", "finalize", "close", "stats"} <= set(methods)
+    for name in methods:
+        assert inspect.isfunction(getattr(cls, name, None)), f"{cls.__name__} has no method {name}"
+        want = inspect.signature(getattr(Replica, name)).parameters.values()
+        got = inspect.signature(getattr(cls, name)).parameters.values()
+        shape = lambda params: [  # noqa: E731  (ray.remote adds a _ray_trace_ctx keyword to the methods)
+            (p.name, p.kind, p.default is inspect.Parameter.empty) for p in params if p.name != "_ray_trace_ctx"
+        ]
+        assert shape(got) == shape(want), (cls.__name__, name)
+    inspect.signature(cls).bind(MODEL, SamplerSpec(), REWARD, None, None)  # how the driver builds a replica
+    assert "delay_per_call" not in inspect.signature(ReplicaWorker).parameters
+    assert not hasattr(ReplicaWorker, "crash")
+
+
+def test_runtime_options_from_the_jobs_executor_section():
+    from flowscale_ray.config import ExecutorConfig
+
+    cfg = ExecutorConfig(
+        kind="ray",
+        replicas=3,
+        in_flight=5,
+        micro_batch=4,
+        num_cpus=0.5,
+        num_gpus=1.0,
+        call_timeout_s=30.0,
+        max_restarts=1,
+        reward_actors=2,
+    )
+    assert RuntimeOptions.from_config(cfg) == RuntimeOptions(
+        replicas=3,
+        in_flight=5,
+        micro_batch=4,
+        num_cpus=0.5,
+        num_gpus=1.0,
+        call_timeout_s=30.0,
+        max_restarts=1,
+        reward_actors=2,
+    )

@@ -40,7 +40,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--delay-ms",
         type=float,
         default=50.0,
-        help="delay per replica call in the scaling run (default 50); 0: real model replicas",
+        help="milliseconds per delayed model call (--delay-batch rows) in the scaling run (default 50); "
+        "0: real model replicas",
     )
     p.add_argument(
         "--delay-batch",

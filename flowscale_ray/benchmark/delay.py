@@ -3,9 +3,12 @@
 With `micro_batch` set (the fixed model-call shape a GPU replica uses), each call sleeps the delay once per
 micro-batch of velocity rows, as a GPU takes a fixed time per batch of that shape; without it, once per call.
 
-It speaks the ReplicaWorker protocol, so the real driver schedules it exactly like a model replica; rewards
-are a deterministic hash of (prompt, pid), so searches make real decisions. Used by the scaling benchmark
-and `flowscale bench --model delay` to measure the driver's own limits without GPUs.
+It implements `flowscale_ray.runtime.protocol.Replica`, so the real driver schedules it exactly like a model
+replica; rewards are a deterministic hash of (prompt, pid), so searches make real decisions. Used by the scaling
+run of `flowscale bench` (`--delay-ms`, `--delay-batch`) to measure the driver's own limits without GPUs.
+
+The driver builds a replica with (model, sampler, reward, held_out, micro_batch) only: `DelayReplica.with_delay`
+makes a subclass with its delay built in.
 """
 
 from __future__ import annotations
@@ -22,17 +25,24 @@ from flowscale_ray.runtime.messages import ComponentSpec
 
 
 class DelayReplica:
+    delay_s: float = 0.05  # seconds per model call of `micro_batch` rows (or per replica call)
+
+    @classmethod
+    def with_delay(cls, delay_s: float) -> type[DelayReplica]:
+        """A DelayReplica class whose replicas sleep `delay_s` (what the driver builds: it passes no delay)."""
+        return type(f"DelayReplica{int(delay_s * 1e6)}us", (cls,), {"delay_s": delay_s})
+
     def __init__(
         self,
-        model: ComponentSpec,
+        model: ComponentSpec | None,
         sampler: Any,
         reward: ComponentSpec | None,
         held_out: ComponentSpec | None,
         micro_batch: int | None,
-        delay_per_call: float = 0.05,
+        delay_s: float | None = None,
     ) -> None:
         self.incarnation = uuid.uuid4().hex
-        self.delay = delay_per_call
+        self.delay = self.delay_s if delay_s is None else delay_s
         self.micro_batch = micro_batch  # set: the delay is per model call of this many rows (a GPU's fixed shape)
         self.grid = sampler.grid_times()
         self.live: dict[Any, set[int]] = {}
@@ -52,7 +62,14 @@ class DelayReplica:
         digest = hashlib.blake2b(f"{self.prompts.get(key, '')}:{pid}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") / 2**64
 
-    def run(self, work, opens=(), releases=(), adopt_keys=(), *adopt_states) -> tuple[dict[Any, list[tuple]], None]:
+    def run(
+        self,
+        work: Sequence[tuple[Any, tuple]],
+        opens: Sequence[tuple[Any, Any, int]] = (),
+        releases: Sequence[tuple[Any, Sequence[int]]] = (),
+        adopt_keys: Sequence[Any] = (),
+        *adopt_states: Any,
+    ) -> tuple[dict[Any, list[tuple]], None]:
         started = time.perf_counter()
         for key, prompt, _seed in opens:
             self.prompts[key] = prompt.id

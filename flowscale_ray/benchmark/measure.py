@@ -142,7 +142,7 @@ def overhead(setup: BenchSetup, prompts: int, timeout_s: float = 3600.0) -> dict
         ray_s = time.perf_counter() - t0
         after = ex.stats()[0]
     finally:
-        ex.shutdown()
+        ex.close()
     if nfe != ref["nfe"]:
         raise RuntimeError(f"the Ray run spent {nfe} NFE, the in-process run {ref['nfe']}: not the same searches")
     calls = after["model_calls"] - before["model_calls"]
@@ -179,6 +179,8 @@ def scaling(
     from flowscale_ray.runtime.driver import RayExecutor, RuntimeOptions
     from flowscale_ray.runtime.replica import ReplicaWorker
 
+    worker = ReplicaWorker if delay_s is None else DelayReplica.with_delay(delay_s)
+
     rows: list[dict[str, Any]] = []
     for n in replica_counts:
         delay = delay_s is not None
@@ -192,10 +194,9 @@ def scaling(
                 num_cpus=0.01 if delay else setup.num_cpus,
                 num_gpus=0.0 if delay else setup.num_gpus,
                 micro_batch=delay_batch if delay else setup.micro_batch,
-                delay_per_call=delay_s or 0.0,
                 call_timeout_s=timeout_s,
             ),
-            worker=DelayReplica if delay else ReplicaWorker,
+            worker=worker,
         )
         try:
             list(ex.run(setup.tasks(n)))  # warm-up: one prompt per replica
@@ -205,7 +206,7 @@ def scaling(
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             after, rounds = ex.stats(), ex.metrics["rounds"] - rounds0
         finally:
-            ex.shutdown()
+            ex.close()
         busy = sum(a["busy_seconds"] - b["busy_seconds"] for a, b in zip(after, before, strict=True))
         calls = sum(a["calls"] - b["calls"] for a, b in zip(after, before, strict=True))
         row = {

@@ -1,6 +1,7 @@
 """A flow-model replica: builds its model once, hosts a ParticleEngine, and (by default) the reward too.
 
 `ReplicaWorker` is a plain class so that it can be tested in-process; the driver wraps it with `ray.remote`.
+It implements `protocol.Replica`, the methods the driver calls.
 Each call carries everything the replica needs (tasks to open, particle copies to adopt, releases), so one
 round trip per batch suffices. Only small things go back: per particle its NFE, time and reward (or its
 decoded preview when the reward runs elsewhere).
@@ -48,14 +49,12 @@ class ReplicaWorker:
         reward: ComponentSpec | None,
         held_out: ComponentSpec | None,
         micro_batch: int | None,
-        delay_per_call: float = 0.0,
     ) -> None:
         self.incarnation = uuid.uuid4().hex
         self.engine = ParticleEngine(build_model_from(model), sampler, micro_batch=micro_batch)
         self.reward = build_reward_from(reward)
         self.held_out = build_reward_from(held_out)
         self.prompts: dict[Any, Prompt] = {}
-        self.delay_per_call = delay_per_call  # stands in for a GPU's time per batch in scaling benchmarks
         self.busy_seconds = 0.0
         self.calls = 0
         gc.freeze()  # the model and libraries live forever: keep them out of every GC scan
@@ -104,8 +103,6 @@ class ReplicaWorker:
             # ParticleResult fields as a plain tuple (see ParticleResult).
             results[key] = [(o.pid, o.nfe, o.s, rewards.get(o.pid, float("nan")), None) for o in evaluated]
         reward_seconds = time.perf_counter() - reward_started
-        if self.delay_per_call:
-            time.sleep(self.delay_per_call)
         busy = time.perf_counter() - started
         self.busy_seconds += busy
         self.calls += 1
@@ -127,8 +124,6 @@ class ReplicaWorker:
                     row = len(rows)
                     rows.append(o.preview)
                 results[key].append((o.pid, o.nfe, o.s, float("nan"), row))  # ParticleResult fields
-        if self.delay_per_call:
-            time.sleep(self.delay_per_call)
         busy = time.perf_counter() - started
         self.busy_seconds += busy
         self.calls += 1
@@ -181,7 +176,3 @@ class ReplicaWorker:
             "live_particles": len(self.engine.particles),
             "open_tasks": len(self.engine.tasks),
         }
-
-    def crash(self) -> None:
-        """Exit the process at once (tests kill replicas with this or with os.kill on `pid()`)."""
-        os._exit(1)
