@@ -15,146 +15,69 @@ A job file is YAML:
     storage: {endpoint_url: null}                 # optional: S3 endpoint, credentials, options
     metrics: {port: 9464, progress: auto}         # optional: Prometheus /metrics, progress display
 
-Every error names the field and what is allowed, as one line: `method.nfe_budget: must be > 0, got -5`.
+Each section is defined once, below, as a frozen pydantic dataclass (strict types: no "3" for 3, no 1.5 for
+an integer; unknown keys refused); `JobConfig` is the whole file. Two sections come from elsewhere: `sampler` is
+a `flowscale_ray.core.dynamics.SamplerSpec` (plus a named `preset`), and `method` is `{name: ..., <settings>}`
+validated against the registered method's own `Config` dataclass (`flowscale_ray.search.METHODS[name].Config`).
+`flowscale schema` prints the JSON Schema of this file format (docs/job-schema.json).
+
+Every error names the field and what is allowed, as one line: `method.nfe_budget: must be > 0, got -5`. The
+field path comes from pydantic's structured errors (location, type, context), never from parsing a message.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 import yaml
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import core_schema
 
-from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
+from flowscale_ray.core.dynamics import FINAL_STEPS, SAMPLER_PRESETS, SamplerSpec
 
 
 class ConfigError(ValueError):
-    """A bad job file. str() is one line naming the field."""
+    """A bad job file. str() is one line naming the field: `[source: ]where: message`."""
 
-    def __init__(self, where: str, message: str) -> None:
-        super().__init__(f"{where}: {message}" if where else message)
-        self.where = where
+    def __init__(self, where: str, message: str, *, source: str | None = None) -> None:
+        text = f"{where}: {message}" if where else message
+        super().__init__(f"{source}: {text}" if source else text)
+        self.where = where  # the field path, e.g. 'method.nfe_budget' or 'compare_with[0].name'; '' for the file
+        self.message = message
+        self.source = source  # the job file, when known
 
-
-# -- generic dataclass loading ------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        return "a list"
-    if origin in (dict, Mapping):
-        return "a mapping"
-    if tp is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
+    def __reduce__(self):
+        return _rebuild_config_error, (self.where, self.message, self.source)
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        structured = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
-        if isinstance(value, Mapping) and len(structured) == 1:
-            return load_dataclass(structured[0], value, where)  # its own, precise errors
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(where, f"expected {_type_name(tp)}, got {value!r}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(where, f"expected null, got {value!r}")
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise ConfigError(where, f"must be one of {', '.join(map(str, typing.get_args(tp)))}; got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(where, f"expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(where, f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(where, f"expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(where, f"expected a string, got {value!r}")
-    if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(where, f"expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        item = args[0] if args else Any
-        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin in (dict, Mapping) or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(where, f"expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        return load_dataclass(tp, value, where)
-    raise TypeError(f"unsupported config type {tp!r} at {where}")
-
-
-def load_dataclass(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping: unknown keys, wrong types and failed checks are ConfigErrors."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(where, f"expected a mapping, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for key in data:
-        if key not in fields:
-            allowed = ", ".join(fields) or "(none)"
-            raise ConfigError(_join(where, str(key)), f"unknown key; allowed: {allowed}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], _join(where, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(_join(where, name), "required")
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as exc:
-        msg = str(exc)
-        # Component checks raise "field: problem"; anchor them under this section.
-        head, sep, rest = msg.partition(": ")
-        if sep and head in fields:
-            raise ConfigError(_join(where, head), rest) from None
-        if sep and where and head.startswith(f"{where}."):
-            raise ConfigError(head, rest) from None
-        raise ConfigError(where, msg) from None
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+def _rebuild_config_error(where: str, message: str, source: str | None) -> ConfigError:
+    return ConfigError(where, message, source=source)
 
 
 def anchored(section: str, message: str) -> ConfigError:
-    """A ConfigError for a component's message: 'field: problem' -> 'section.field: problem'."""
+    """A ConfigError for a component's own ValueError text: 'field: problem' -> 'section.field: problem'.
+
+    Components outside this module (method configs, SamplerSpec, models) only give a message; this is the one
+    place their 'field: problem' convention is read."""
     head, sep, rest = message.partition(": ")
     if sep and head.startswith(f"{section}."):
         return ConfigError(head, rest)
@@ -163,319 +86,454 @@ def anchored(section: str, message: str) -> ConfigError:
     return ConfigError(section, message)
 
 
-# -- the job schema -------------------------------------------------------------------------------------------
+class _Invalid(ValueError):
+    """Raised by this module's validators: `message` about `field`, relative to where the validator runs
+    ('' for the value itself). Pydantic keeps the exception in the error's context, so nothing is parsed."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
 
 
-@dataclass(frozen=True)
-class ComponentConfig:
+# -- how sections are declared --------------------------------------------------------------------------------
+
+_SECTION = ConfigDict(strict=True, extra="forbid", defer_build=True)
+
+
+class _Mapping:
+    """Mixin for a dataclass written as a mapping: accept a dict although the field types
+    are strict (a strict pydantic dataclass would accept only an instance), and read null as {} (all defaults)."""
+
+    @classmethod
+    def _mapping_schema(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        schema = handler(source)
+        handler.resolve_ref_schema(schema)["strict"] = False
+        return core_schema.no_info_before_validator_function(_none_as_empty, schema)
+
+    __get_pydantic_core_schema__ = _mapping_schema
+
+
+def _none_as_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+def _section(cls: type) -> type:
+    """A job section: a frozen, keyword-only pydantic dataclass with strict types and no unknown keys.
+    Building one directly with bad values raises a ConfigError too (relative field path)."""
+    cls = pydantic_dataclass(frozen=True, kw_only=True, config=_SECTION)(cls)
+    validated_init = cls.__init__
+
+    @functools.wraps(validated_init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            validated_init(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise config_error(exc, cls) from None
+
+    cls.__init__ = __init__
+    return cls
+
+
+# -- the sections ----------------------------------------------------------------------------------------------
+
+
+@_section
+class ComponentConfig(_Mapping):
     """A registered component (model, reward) by name, with its constructor options."""
 
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
+    name: str = Field(description="the registered name (see `flowscale methods`, docs/models.md)")
+    options: dict[str, Any] = Field(default_factory=dict, description="constructor options of that component")
 
 
 PROMPT_FORMATS = ("auto", "text", "jsonl", "csv", "parquet")
 
 
-@dataclass(frozen=True)
-class PromptFileConfig:
+@_section
+class PromptFileConfig(_Mapping):
     """Prompts from a file at any fsspec URI (see flowscale_ray.io.prompts for the formats)."""
 
-    file: str
-    format: Literal["auto", "text", "jsonl", "csv", "parquet"] = "auto"  # auto: from the extension
-    column: str = "prompt"  # the prompt text (JSONL, CSV, Parquet)
-    id_column: str | None = None  # given prompt ids; default: 'id' when the file has it, else derived
-    seed_column: str | None = None  # per-prompt seeds; default: 'seed' when the file has it
+    file: str = Field(description="path (relative to the job file) or fsspec URI, e.g. s3://bucket/prompts.jsonl")
+    format: Literal["auto", "text", "jsonl", "csv", "parquet"] = Field("auto", description="auto: from the extension")
+    column: str = Field("prompt", description="the prompt text (JSONL, CSV, Parquet)")
+    id_column: str | None = Field(None, description="given prompt ids; default: 'id' when the file has it")
+    seed_column: str | None = Field(None, description="per-prompt seeds; default: 'seed' when the file has it")
 
-    def __post_init__(self) -> None:
-        if not self.file.strip():
-            raise ValueError("file: must name a file")
-        for name in ("column", "id_column", "seed_column"):
-            value = getattr(self, name)
-            if value is not None and not value.strip():
-                raise ValueError(f"{name}: must not be empty")
+    @field_validator("file")
+    @classmethod
+    def _names_a_file(cls, value: str) -> str:
+        if not value.strip():
+            raise _Invalid("must name a file")
+        return value
+
+    @field_validator("column", "id_column", "seed_column")
+    @classmethod
+    def _not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise _Invalid("must not be empty")
+        return value
 
 
-@dataclass(frozen=True)
-class ExecutorConfig:
+@_section
+class ExecutorConfig(_Mapping):
     """Where the searches run. 'inprocess': this process. 'ray': model replicas on a Ray cluster (`address`:
     null starts a local Ray in this process; 'auto' joins the cluster this job runs in; or ray://HOST:PORT)."""
 
     kind: Literal["inprocess", "ray"] = "inprocess"
-    in_flight: int = 4
-    micro_batch: int | None = None
-    address: str | None = None
-    replicas: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    reward_actors: int = 0
-    call_timeout_s: float = 600.0
-    max_restarts: int = 3
+    in_flight: int = Field(4, ge=1, description="searches in flight at once")
+    micro_batch: int | None = Field(None, ge=1, description="fixed model-call batch size; null: as it comes")
+    address: str | None = Field(None, description="ray only: null (local), 'auto' or ray://HOST:PORT")
+    replicas: int = Field(1, ge=1, description="ray only: model replicas")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica")
+    num_gpus: float = Field(0.0, ge=0, description="ray only: GPUs per replica")
+    reward_actors: int = Field(0, ge=0, description="ray only: reward actors (0: rewards run in the replicas)")
+    call_timeout_s: float = Field(600.0, gt=0, description="seconds before a model call counts as failed")
+    max_restarts: int = Field(3, ge=0, description="restarts of a failed replica")
 
     def __post_init__(self) -> None:
-        if self.in_flight < 1:
-            raise ValueError(f"in_flight: must be >= 1, got {self.in_flight}")
-        if self.micro_batch is not None and self.micro_batch < 1:
-            raise ValueError(f"micro_batch: must be >= 1 or null, got {self.micro_batch}")
-        if self.replicas < 1:
-            raise ValueError(f"replicas: must be >= 1, got {self.replicas}")
-        if self.num_cpus < 0 or self.num_gpus < 0:
-            raise ValueError("num_cpus, num_gpus: must be >= 0")
-        if self.reward_actors < 0:
-            raise ValueError(f"reward_actors: must be >= 0, got {self.reward_actors}")
-        if self.call_timeout_s <= 0:
-            raise ValueError(f"call_timeout_s: must be > 0, got {self.call_timeout_s}")
-        if self.max_restarts < 0:
-            raise ValueError(f"max_restarts: must be >= 0, got {self.max_restarts}")
         if self.kind == "inprocess":
             ray_only = {"address": None, "replicas": 1, "num_gpus": 0.0, "reward_actors": 0}
             for name, default in ray_only.items():
                 if getattr(self, name) != default:
-                    raise ValueError(f"{name}: only used with kind: ray")
+                    raise _Invalid("only used with kind: ray", name)
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-@dataclass(frozen=True)
-class OutputConfig:
+@_section
+class OutputConfig(_Mapping):
     """Where and what to write: `<dir>/<run_id>/data/part-NNNNN.parquet` (see flowscale_ray.io.writer)."""
 
-    dir: str = "results"  # local path or fsspec URI (file://, s3://bucket/prefix, memory://)
-    run_id: str | None = None  # default: the job name
-    save_images: bool = True  # PNG bytes in the image column
-    shard_size: int = 100  # prompts per Parquet file (the unit of commit and resume)
-    row_group_size: int = 100  # rows (images) per Parquet row group
-    top_k: int = 1  # samples kept per prompt, best first
-    min_reward: float | None = None  # a sample is kept only if its reward reaches this
-    min_held_out: float | None = None  # ... and its held-out reward reaches this
+    dir: str = Field("results", description="local path or fsspec URI (file://, s3://bucket/prefix, memory://)")
+    run_id: str | None = Field(
+        None, description="default: the job name", json_schema_extra={"pattern": f"^{_RUN_ID.pattern}$"}
+    )
+    save_images: bool = Field(True, description="PNG bytes in the image column")
+    shard_size: int = Field(100, ge=1, description="prompts per Parquet file (the unit of commit and resume)")
+    row_group_size: int = Field(100, ge=1, description="rows (images) per Parquet row group")
+    top_k: int = Field(1, ge=1, description="samples kept per prompt, best first")
+    min_reward: float | None = Field(None, description="a sample is kept only if its reward reaches this")
+    min_held_out: float | None = Field(None, description="... and its held-out reward reaches this")
 
-    def __post_init__(self) -> None:
-        if not self.dir.strip():
-            raise ValueError("dir: must name a directory or URI")
-        if self.run_id is not None and not _RUN_ID.fullmatch(self.run_id):
-            raise ValueError(
-                f"run_id: must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit; "
-                f"got {self.run_id!r}"
+    @field_validator("dir")
+    @classmethod
+    def _names_a_dir(cls, value: str) -> str:
+        if not value.strip():
+            raise _Invalid("must name a directory or URI")
+        return value
+
+    @field_validator("run_id")
+    @classmethod
+    def _is_a_run_id(cls, value: str | None) -> str | None:
+        if value is not None and not _RUN_ID.fullmatch(value):
+            raise _Invalid(
+                f"must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit; got {value!r}"
             )
-        for name in ("shard_size", "row_group_size", "top_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("min_reward", "min_held_out"):
-            value = getattr(self, name)
-            if value is not None and value != value:
-                raise ValueError(f"{name}: must be a number or null, got NaN")
+        return value
+
+    @field_validator("min_reward", "min_held_out")
+    @classmethod
+    def _not_nan(cls, value: float | None) -> float | None:
+        if value is not None and value != value:
+            raise _Invalid("must be a number or null, got NaN")
+        return value
 
 
-@dataclass(frozen=True)
-class StorageConfig:
+@_section
+class StorageConfig(_Mapping):
     """Object-storage settings for s3:// URIs (prompts and output). Anything left out comes from the
     standard AWS environment variables. Secrets are never logged or written (see flowscale_ray.io.storage)."""
 
-    endpoint_url: str | None = None  # else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL
-    key: str | None = field(default=None, repr=False)  # else AWS_ACCESS_KEY_ID
-    secret: str | None = field(default=None, repr=False)  # else AWS_SECRET_ACCESS_KEY
-    token: str | None = field(default=None, repr=False)  # else AWS_SESSION_TOKEN
+    endpoint_url: str | None = Field(None, description="else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL")
+    key: str | None = Field(None, repr=False, description="else AWS_ACCESS_KEY_ID")
+    secret: str | None = Field(None, repr=False, description="else AWS_SECRET_ACCESS_KEY")
+    token: str | None = Field(None, repr=False, description="else AWS_SESSION_TOKEN")
     anon: bool = False
-    retries: int = 5  # attempts per whole-file operation, on top of s3fs's own retries
-    options: dict[str, Any] = field(default_factory=dict, repr=False)  # extra s3fs / fsspec arguments
+    retries: int = Field(5, ge=1, description="attempts per whole-file operation, on top of s3fs's own retries")
+    options: dict[str, Any] = Field(default_factory=dict, repr=False, description="extra s3fs / fsspec arguments")
 
-    def __post_init__(self) -> None:
-        if self.retries < 1:
-            raise ValueError(f"retries: must be >= 1, got {self.retries}")
-        if self.endpoint_url is not None and "://" not in self.endpoint_url:
-            raise ValueError(f"endpoint_url: expected a URL such as http://127.0.0.1:9000, got {self.endpoint_url!r}")
+    @field_validator("endpoint_url")
+    @classmethod
+    def _is_a_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise _Invalid(f"expected a URL such as http://127.0.0.1:9000, got {value!r}")
+        return value
 
 
 _METRICS_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]+")
 
 
-@dataclass(frozen=True)
-class MetricsConfig:
+@_section
+class MetricsConfig(_Mapping):
     """Live observability (see docs/observability.md). `port`: serve Prometheus `/metrics` from the driver
     (null: off; 0: a free port, logged). `progress`: a bar on an interactive terminal and log lines otherwise
     ('auto'), or force 'bar', 'log' or 'off'; log lines come every `log_interval_s`. The run folder gets a
     small `timeline.json` (replica busy time sampled every `timeline_interval_s`) for `flowscale report`."""
 
-    port: int | None = None
-    host: str = "127.0.0.1"  # bind address; loopback unless you choose otherwise
+    port: int | None = Field(None, json_schema_extra={"minimum": 0, "maximum": 65535})
+    host: str = Field("127.0.0.1", description="bind address; loopback unless you choose otherwise")
     progress: Literal["auto", "bar", "log", "off"] = "auto"
-    log_interval_s: float = 30.0
-    timeline_interval_s: float = 5.0
+    log_interval_s: float = Field(30.0, gt=0)
+    timeline_interval_s: float = Field(5.0, gt=0)
+
+    @field_validator("port")
+    @classmethod
+    def _is_a_port(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= 65535:
+            raise _Invalid(f"must be 0 (a free port) to 65535, or null (off); got {value}")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _is_a_host(cls, value: str) -> str:
+        if not _METRICS_HOST.fullmatch(value):
+            raise _Invalid(f"expected an address to bind such as 127.0.0.1 or 0.0.0.0, got {value!r}")
+        return value
+
+
+# -- sampler: a SamplerSpec, optionally on top of a preset ------------------------------------------------------
+
+
+class _SamplerInput:
+    """`sampler:` in a job file: SamplerSpec's fields (checked by SamplerSpec itself), on top of a named `preset`."""
+
+    extra_keys = ("preset",)
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(_expand_preset, _Mapping._mapping_schema(source, handler))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
+        from flowscale_ray.core.diffusion import DIFFUSION_SCHEDULES
+        from flowscale_ray.core.interpolants import INTERPOLANTS
+        from flowscale_ray.core.timegrid import TIME_GRIDS
+
+        json_schema = handler(schema)
+        target = handler.resolve_ref_schema(json_schema)
+        props = target["properties"]
+        for name, allowed in (
+            ("interpolant", INTERPOLANTS),
+            ("diffusion", DIFFUSION_SCHEDULES),
+            ("grid", TIME_GRIDS),
+            ("final_step", FINAL_STEPS),
+        ):
+            props[name]["enum"] = list(allowed)
+        preset = {"enum": list(SAMPLER_PRESETS), "description": "path + ODE/SDE; the other keys override it"}
+        target["properties"] = {"preset": preset, **props}
+        return json_schema
+
+
+def _expand_preset(value: Any) -> Any:
+    if value is None or isinstance(value, SamplerSpec):
+        return value
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a mapping, got {value!r}")
+    data = dict(value)
+    preset = data.pop("preset", None)
+    if preset is not None:
+        if not (isinstance(preset, str) and preset in SAMPLER_PRESETS):
+            raise _Invalid(f"unknown preset {preset!r}; allowed: {', '.join(SAMPLER_PRESETS)}", "preset")
+        data = {**SAMPLER_PRESETS[preset], **data}
+    return data
+
+
+Sampler = Annotated[SamplerSpec, _SamplerInput()]
+
+
+# -- method: {name: ..., <the method's settings>} ---------------------------------------------------------------
+
+
+class MethodSettings(Protocol):
+    """A search method's settings: an instance of its frozen `Config` dataclass (`METHODS[name].Config`), which
+    checks itself in `__post_init__`."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """A search method and its settings. In a job file the settings are inline: `{name: rbf, nfe_budget: 500}`."""
+
+    name: str
+    settings: MethodSettings
 
     def __post_init__(self) -> None:
-        if self.port is not None and not 0 <= self.port <= 65535:
-            raise ValueError(f"port: must be 0 (a free port) to 65535, or null (off); got {self.port}")
-        if not _METRICS_HOST.fullmatch(self.host):
-            raise ValueError(f"host: expected an address to bind such as 127.0.0.1 or 0.0.0.0, got {self.host!r}")
-        for name in ("log_interval_s", "timeline_interval_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        from flowscale_ray.search import METHODS
 
-
-@dataclass(frozen=True)
-class MethodConfig:
-    name: str
-    settings: Any  # the method's own validated Config dataclass
+        if self.name not in METHODS or not isinstance(self.settings, METHODS[self.name].Config):
+            raise TypeError(
+                f"MethodConfig({self.name!r}): settings must be METHODS[name].Config, got {self.settings!r}"
+            )
 
     def build(self):
         from flowscale_ray.search import METHODS
 
         return METHODS[self.name](self.settings)
 
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        """A union tagged by `name` over the registered methods; each choice validates the remaining keys as that
+        method's Config (unknown keys refused, its `__post_init__` checks) and builds a MethodConfig."""
+        from flowscale_ray.search import METHODS
 
-@dataclass(frozen=True)
-class JobConfig:
-    model: ComponentConfig
-    method: MethodConfig
-    reward: ComponentConfig
-    prompts: list[str | dict[str, Any]] | PromptFileConfig
-    name: str = "job"
-    seed: int = 0
-    sampler: SamplerSpec = field(default_factory=SamplerSpec)
-    held_out: ComponentConfig | None = None
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    compare_with: tuple[MethodConfig, ...] = ()  # baselines run on the same prompts, reported side by side
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # /metrics, progress, timeline
+        choices = {}
+        for name, method in METHODS.items():
+            settings = _Mapping._mapping_schema(method.Config, handler)
+            choices[name] = core_schema.no_info_after_validator_function(
+                functools.partial(_method_config, name),
+                core_schema.no_info_before_validator_function(_without_name, settings),
+            )
+        return core_schema.no_info_wrap_validator_function(
+            _check_method, core_schema.tagged_union_schema(choices, discriminator="name")
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
+        """One object per method (`oneOf`), told apart by `name`; `discriminator` is the OpenAPI hint editors use."""
+        from flowscale_ray.search import METHODS
+
+        json_schema = handler(schema)
+        mapping = {}
+        for name, ref in zip(METHODS, json_schema["oneOf"], strict=True):
+            target = handler.resolve_ref_schema(ref)
+            target["title"] = f"method {name}"
+            target["properties"] = {"name": {"const": name}, **target.get("properties", {})}
+            target["required"] = ["name", *target.get("required", [])]
+            mapping[name] = ref["$ref"]
+        json_schema["discriminator"] = {"propertyName": "name", "mapping": mapping}
+        return json_schema
+
+
+def _check_method(value: Any, handler: Callable[[Any], Any]) -> Any:
+    from flowscale_ray.search import METHODS
+
+    if isinstance(value, MethodConfig):
+        return value
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a mapping with a 'name', got {value!r}")
+    if "name" not in value:
+        raise _Invalid(f"required; allowed: {', '.join(METHODS)}", "name")
+    name = value["name"]
+    if not (isinstance(name, str) and name in METHODS):
+        raise _Invalid(f"unknown method {name!r}; allowed: {', '.join(METHODS)}", "name")
+    return handler(value)
+
+
+def _without_name(value: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in value.items() if k != "name"}
+
+
+def _method_config(name: str, settings: Any) -> MethodConfig:
+    return MethodConfig(name=name, settings=settings)
+
+
+def _method_list(value: Any) -> Any:
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        return tuple(value)
+    if not isinstance(value, tuple):
+        raise _Invalid(f"expected a list of methods, e.g. [{{name: base}}], got {value!r}")
+    return value
+
+
+# -- prompts: a list, or a file -----------------------------------------------------------------------------------
+
+
+def _check_prompts(value: Any) -> Any:
+    """Precise errors for the prompts section (a generic union error would not say which item is wrong)."""
+    if value is None or isinstance(value, Mapping | PromptFileConfig):
+        return value  # a PromptFileConfig: its own errors name the field
+    if not isinstance(value, list | tuple):
+        raise _Invalid(f"expected a list of prompts or a mapping {{file: ...}}, got {value!r}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str | Mapping):
+            raise _Invalid(f"expected a string or a mapping with a 'prompt', got {item!r}", f"[{i}]")
+    return list(value)
+
+
+def _prompts_kind(value: Any) -> str:
+    return "list" if isinstance(value, list) else "file"
+
+
+def _prompt_kind(value: Any) -> str:
+    return "text" if isinstance(value, str) else "record"
+
+
+Prompt = Annotated[
+    Annotated[str, Tag("text")] | Annotated[dict[str, Any], Tag("record")],  # a record: {prompt: ..., id: ..., ...}
+    Discriminator(_prompt_kind),
+]
+Prompts = Annotated[
+    Annotated[list[Prompt], Tag("list")] | Annotated[PromptFileConfig, Tag("file")],
+    Discriminator(_prompts_kind),
+    BeforeValidator(_check_prompts),
+]
+
+
+# -- the job ---------------------------------------------------------------------------------------------------------
+
+
+@_section
+class JobConfig(_Mapping):
+    """A job file: what to sample (model, sampler), how to search (method, reward), for which prompts, where it
+    runs (executor) and where the rows go (output, storage); `metrics` for live observability."""
+
+    name: str = Field("job", description="run name; the run id (output folder) unless output.run_id is set")
+    seed: int = Field(0, description="run seed; a prompt's own seed overrides it")
+    model: ComponentConfig = Field(description="the flow model, e.g. {name: flux, options: {path: ...}}")
+    sampler: Sampler = Field(default_factory=SamplerSpec, description="how particles move (core.dynamics)")
+    method: MethodConfig = Field(description="the search method and its settings, e.g. {name: rbf, nfe_budget: 500}")
+    reward: ComponentConfig = Field(description="the reward the search optimises")
+    held_out: ComponentConfig | None = Field(None, description="a reward reported (and filtered on), never optimised")
+    prompts: Prompts = Field(description="a list of prompts (strings or {prompt: ..., id: ..., seed: ...}) or a file")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    compare_with: Annotated[tuple[MethodConfig, ...], BeforeValidator(_method_list)] = Field(
+        (), description="baselines run on the same prompts, reported side by side"
+    )
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="/metrics, progress, timeline")
+
+    def __post_init__(self) -> None:
+        if self.output.run_id is None and not _RUN_ID.fullmatch(self.name):
+            raise _Invalid(
+                "is the run id when output.run_id is not set: must be letters, digits, '.', '_' or '-'; "
+                f"got {self.name!r}",
+                "name",
+            )
+        if self.output.min_held_out is not None and self.held_out is None:
+            raise _Invalid("needs a held_out reward to compare with; set held_out or remove it", "output.min_held_out")
+        from flowscale_ray.search.protocol import SearchContext
+
+        try:  # the method's settings must fit the sampler's grid (e.g. an NFE budget for its steps)
+            self.method.build().planned_nfe(SearchContext(grid=self.sampler.grid_times()))
+        except ValueError as exc:
+            error = anchored("method", str(exc))
+            raise _Invalid(error.message, error.where) from None
 
     @property
     def run_id(self) -> str:
         return self.output.run_id or self.name
 
 
-def _load_method(data: Any) -> MethodConfig:
-    from flowscale_ray.search import METHODS
-
-    if not isinstance(data, Mapping):
-        raise ConfigError("method", f"expected a mapping with a 'name', got {data!r}")
-    if "name" not in data:
-        raise ConfigError("method.name", f"required; allowed: {', '.join(METHODS)}")
-    name = data["name"]
-    if name not in METHODS:
-        raise ConfigError("method.name", f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
-    settings = {k: v for k, v in data.items() if k != "name"}
-    cfg = load_dataclass(METHODS[name].Config, settings, "method")
-    return MethodConfig(name=name, settings=cfg)
+# -- loading ------------------------------------------------------------------------------------------------------
 
 
-def _load_sampler(data: Any) -> SamplerSpec:
-    if data is None:
-        return SamplerSpec()
-    if not isinstance(data, Mapping):
-        raise ConfigError("sampler", f"expected a mapping, got {data!r}")
-    data = dict(data)
-    preset = data.pop("preset", None)
-    if preset is not None:
-        if preset not in SAMPLER_PRESETS:
-            raise ConfigError("sampler.preset", f"unknown preset {preset!r}; allowed: {', '.join(SAMPLER_PRESETS)}")
-        data = {**SAMPLER_PRESETS[preset], **data}
-    try:
-        return load_dataclass(SamplerSpec, data, "sampler")
-    except ConfigError as exc:
-        if "unknown key" in str(exc):
-            raise ConfigError(exc.where, str(exc).split(": ", 1)[1] + ", preset") from None
-        raise
-
-
-def _check_prompts(value: Any) -> None:
-    """Precise errors for the prompts section (the generic union error would not say which item is wrong)."""
-    if isinstance(value, Mapping) or value is None:
-        return  # a PromptFileConfig: load_dataclass names the field
-    if not isinstance(value, list | tuple):
-        raise ConfigError("prompts", f"expected a list of prompts or a mapping {{file: ...}}, got {value!r}")
-    for i, item in enumerate(value):
-        if not isinstance(item, str | Mapping):
-            raise ConfigError(f"prompts[{i}]", f"expected a string or a mapping with a 'prompt', got {item!r}")
+@functools.cache
+def job_adapter() -> TypeAdapter[JobConfig]:
+    """The validator (and JSON Schema source) of job documents; built on first use."""
+    return TypeAdapter(JobConfig)
 
 
 def load_job(data: Any, source: str = "job") -> JobConfig:
     """Validate a parsed job document."""
     if not isinstance(data, Mapping):
         raise ConfigError("", f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    data = dict(data)
-    if "method" not in data:
-        raise ConfigError("method", "required")
-    method = _load_method(data.pop("method"))
-    sampler = _load_sampler(data.pop("sampler", None))
-    compare = data.pop("compare_with", None) or []
-    if not isinstance(compare, list):
-        raise ConfigError("compare_with", f"expected a list of methods, e.g. [{{name: base}}], got {compare!r}")
-    baselines = []
-    for i, item in enumerate(compare):
-        try:
-            baselines.append(_load_method(item))
-        except ConfigError as exc:
-            raise ConfigError(
-                exc.where.replace("method", f"compare_with[{i}]", 1), str(exc).split(": ", 1)[1]
-            ) from None
-    for key in data:
-        if key not in _JOB_KEYS:
-            raise ConfigError(str(key), f"unknown key; allowed: {', '.join(_JOB_KEYS)}")
-    if "prompts" in data:
-        _check_prompts(data["prompts"])
-    # method and sampler have their own loaders; everything else is validated generically.
-    rest = load_dataclass(_JobRest, data, "")
-    if rest.output.run_id is None and not _RUN_ID.fullmatch(rest.name):
-        raise ConfigError(
-            "name",
-            f"is the run id when output.run_id is not set: must be letters, digits, '.', '_' or '-'; got {rest.name!r}",
-        )
-    if rest.output.min_held_out is not None and rest.held_out is None:
-        raise ConfigError("output.min_held_out", "needs a held_out reward to compare with; set held_out or remove it")
-    from flowscale_ray.search.protocol import SearchContext
-
     try:
-        method.build().planned_nfe(SearchContext(grid=sampler.grid_times()))
-    except ValueError as exc:
-        raise anchored("method", str(exc)) from None
-    return JobConfig(
-        model=rest.model,
-        method=method,
-        reward=rest.reward,
-        prompts=rest.prompts,
-        name=rest.name,
-        seed=rest.seed,
-        sampler=sampler,
-        held_out=rest.held_out,
-        executor=rest.executor,
-        output=rest.output,
-        storage=rest.storage,
-        compare_with=tuple(baselines),
-        metrics=rest.metrics,
-    )
-
-
-@dataclass(frozen=True)
-class _JobRest:
-    model: ComponentConfig
-    reward: ComponentConfig
-    prompts: list[str | dict[str, Any]] | PromptFileConfig
-    name: str = "job"
-    seed: int = 0
-    held_out: ComponentConfig | None = None
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-
-
-_JOB_KEYS = (
-    "name",
-    "seed",
-    "model",
-    "sampler",
-    "method",
-    "reward",
-    "held_out",
-    "prompts",
-    "executor",
-    "output",
-    "storage",
-    "compare_with",
-    "metrics",
-)
+        return job_adapter().validate_python(data)
+    except ValidationError as exc:
+        raise config_error(exc, JobConfig) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -527,4 +585,164 @@ def read_job_file(path: str | Path, overrides: list[str] | None = None) -> JobCo
     try:
         return load_job(data, str(path))
     except ConfigError as exc:
-        raise ConfigError("", f"{path}: {exc}") from None
+        raise ConfigError(exc.where, exc.message, source=str(path)) from None
+
+
+# -- pydantic's errors as one line ----------------------------------------------------------------------------------
+
+
+def config_error(exc: ValidationError, root: Any) -> ConfigError:
+    """The first problem of a ValidationError for `root` as a ConfigError naming the field. A mistyped key is
+    reported first (it is usually why something else looks missing)."""
+    errors = exc.errors(include_url=False)
+    unknown = [e for e in errors if e["type"] in _UNKNOWN_KEY]
+    return _one_error((unknown or errors)[0], root)
+
+
+_UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden")
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+_TYPE_ERRORS = {
+    "int_type",
+    "int_parsing",
+    "int_from_float",
+    "float_type",
+    "float_parsing",
+    "bool_type",
+    "bool_parsing",
+    "string_type",
+    "list_type",
+    "tuple_type",
+    "dict_type",
+    "literal_error",
+    "none_required",
+}
+
+
+def _one_error(error: Any, root: Any) -> ConfigError:
+    where, allowed_keys, annotation = _locate(root, error["loc"])
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "value_error":
+        cause = ctx.get("error")
+        if isinstance(cause, _Invalid):
+            path = f"{where}{cause.field}" if cause.field.startswith("[") else _join(where, cause.field)
+            return ConfigError(path, cause.message)
+        return anchored(where, str(cause))  # a component's own check (method Config, SamplerSpec)
+    if kind == "missing":
+        return ConfigError(where, "required")
+    if kind in _UNKNOWN_KEY:
+        return ConfigError(where, f"unknown key; allowed: {', '.join(allowed_keys) or '(none)'}")
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound  # 'must be > 0', as written
+        nullable = " or null" if _allows_none(annotation) else ""
+        return ConfigError(where, f"must be {_BOUNDS[kind]} {bound}{nullable}, got {value}")
+    if kind in ("dataclass_type", "dataclass_exact_type"):
+        return ConfigError(where, f"expected a mapping, got {type(value).__name__} {value!r}")
+    if error["loc"][-1:] == ("[key]",):
+        return ConfigError(where, f"keys must be strings, got {value!r}")
+    if kind in _TYPE_ERRORS and annotation is not None:
+        if typing.get_origin(annotation) is Literal:
+            allowed = ", ".join(map(str, typing.get_args(annotation)))
+            return ConfigError(where, f"must be one of {allowed}; got {value!r}")
+        return ConfigError(where, f"expected {_type_name(annotation)}, got {value!r}")
+    return ConfigError(where, f"{error['msg']}, got {value!r}")
+
+
+def _locate(root: Any, loc: tuple[int | str, ...]) -> tuple[str, tuple[str, ...], Any]:
+    """Walk `loc` through the declared types: (field path, keys allowed where the last key sits, its annotation).
+    Union tags in `loc` (the method name, 'list'/'file' for prompts) are not part of the path."""
+    from flowscale_ray.search import METHODS
+
+    path, allowed, annotation = "", (), root
+    for part in loc:
+        tp, extra_keys = _strip(annotation)
+        if part == "[key]":  # pydantic's marker: the error is about the key itself
+            continue
+        if typing.get_origin(tp) in (dict, Mapping):  # a key of a mapping
+            path += f"[{part!r}]"
+            allowed, annotation = (), (typing.get_args(tp) or (None, None))[1]
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+            args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+            annotation = args[0] if len(args) == 1 else None
+            continue
+        if tp is MethodConfig and part in METHODS:
+            annotation = METHODS[part].Config
+            continue
+        member = _union_member(tp, part)
+        if member is not None:
+            annotation = member
+            continue
+        path = _join(path, str(part))
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp, include_extras=True)
+            fields = [f.name for f in dataclasses.fields(tp) if f.init]
+            allowed, annotation = (*fields, *extra_keys), hints.get(part) if part in fields else None
+        else:
+            allowed, annotation = (), None
+    return path, allowed, _strip_annotated(annotation)
+
+
+def _strip_annotated(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _strip(tp: Any) -> tuple[Any, tuple[str, ...]]:
+    """The type to walk into: without Annotated and without '| None'; and extra keys an Annotated marker adds."""
+    extra: tuple[str, ...] = ()
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            extra += tuple(k for m in tp.__metadata__ for k in getattr(m, "extra_keys", ()))
+            tp = typing.get_args(tp)[0]
+        elif _allows_none(tp):
+            rest = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(rest) != 1:
+                return tp, extra
+            tp = rest[0]
+        else:
+            return tp, extra
+
+
+def _union_member(tp: Any, label: str) -> Any:
+    """The member of a union that pydantic's `label` in a location names, else None: a tagged union's member by
+    its pydantic.Tag, another union's member by its type name ('str', 'dict[str,any]')."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    for member in typing.get_args(tp):
+        if typing.get_origin(member) is Annotated:
+            if any(isinstance(m, Tag) and m.tag == label for m in member.__metadata__):
+                return member
+            continue
+        name = getattr(typing.get_origin(member) or member, "__name__", None)
+        if name is not None and (label == name or label.startswith(f"{name}[")):
+            return member
+    return None
+
+
+def _allows_none(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _type_name(tp: Any) -> str:
+    tp = _strip_annotated(tp)
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin in (dict, Mapping) or tp is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where and key else where or key
