@@ -103,6 +103,8 @@ class Registry(Mapping[str, T], Generic[T]):
             for ep in eps:
                 found.setdefault(ep.name, []).append(ep)
             self._plugins, self._plugins_key = found, key
+            # Plugins are looked up anew; loaded built-ins stay.
+            self._loaded = {n: obj for n, obj in self._loaded.items() if n in self._builtins}
         return self._plugins
 
     def source(self, name: str) -> str:
