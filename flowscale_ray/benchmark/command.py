@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from flowscale_ray.benchmark.measure import BenchSetup, cluster_info, overhead, scaling
-    from flowscale_ray.job import load_prompts
+    from flowscale_ray.io.prompts import load_prompts
     from flowscale_ray.runtime.cluster import start_ray
     from flowscale_ray.runtime.messages import ComponentSpec
 

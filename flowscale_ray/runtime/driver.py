@@ -27,7 +27,6 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution.tasks import SearchTask, TaskResult
 from flowscale_ray.observe.recorder import NULL_RECORDER, Recorder
-from flowscale_ray.runtime.cluster import start_ray  # noqa: F401  (flowscale_ray/job.py imports it from here)
 from flowscale_ray.runtime.messages import ComponentSpec
 from flowscale_ray.runtime.options import RuntimeFailure, RuntimeOptions, failure_cause
 from flowscale_ray.runtime.replica import ReplicaWorker
