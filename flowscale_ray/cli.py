@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 # Commands implemented in their own modules (kept light to import: heavy imports happen inside run()).
 _MODULE_COMMANDS = {
     "report": ("flowscale_ray.observe.report", "Write a self-contained HTML (or Markdown) report with plots of a run."),
+    "schema": ("flowscale_ray.schema_command", "Print the JSON Schema of job files (for editors; --out FILE)."),
     "bench": (
         "flowscale_ray.benchmark.command",
         "Benchmark the runtime's overhead and scaling on a Ray cluster; JSON report.",
