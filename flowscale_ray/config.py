@@ -130,6 +130,9 @@ def _section(cls: type) -> type:
             validated_init(self, *args, **kwargs)
         except ValidationError as exc:
             raise config_error(exc, cls) from None
+        finally:
+            if cls.__init__ is not __init__:  # pydantic sets its own again when it builds the deferred class
+                cls.__init__ = __init__
 
     cls.__init__ = __init__
     return cls
@@ -384,24 +387,31 @@ class MethodConfig:
                 core_schema.no_info_before_validator_function(_without_name, settings),
             )
         return core_schema.no_info_wrap_validator_function(
-            _check_method, core_schema.tagged_union_schema(choices, discriminator="name")
+            _check_method,
+            core_schema.tagged_union_schema(choices, discriminator="name"),
+            ref=f"{__name__}.{cls.__name__}",
         )
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
-        """One object per method (`oneOf`), told apart by `name`; `discriminator` is the OpenAPI hint editors use."""
+        """One object per registered method (`oneOf`), told apart by the constant `name`."""
         from flowscale_ray.search import METHODS
 
-        json_schema = handler(schema)
-        mapping = {}
-        for name, ref in zip(METHODS, json_schema["oneOf"], strict=True):
-            target = handler.resolve_ref_schema(ref)
-            target["title"] = f"method {name}"
-            target["properties"] = {"name": {"const": name}, **target.get("properties", {})}
-            target["required"] = ["name", *target.get("required", [])]
-            mapping[name] = ref["$ref"]
-        json_schema["discriminator"] = {"propertyName": "name", "mapping": mapping}
-        return json_schema
+        choices = []  # pydantic gives one schema per tagged-union choice, in METHODS order
+        for name, choice in zip(METHODS, handler(schema)["oneOf"], strict=True):
+            settings = handler.resolve_ref_schema(choice)
+            summary = (METHODS[name].__doc__ or "").strip().split("\n")[0]
+            choices.append(
+                {
+                    "title": f"method {name}",
+                    **({"description": summary} if summary else {}),
+                    "type": "object",
+                    "properties": {"name": {"const": name}, **settings.get("properties", {})},
+                    "required": ["name", *settings.get("required", [])],
+                    "additionalProperties": False,
+                }
+            )
+        return {"oneOf": choices}
 
 
 def _check_method(value: Any, handler: Callable[[Any], Any]) -> Any:
