@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
@@ -95,6 +95,7 @@ class Registry(Mapping[str, T], Generic[T]):
         key = tuple(sys.path)
         if self._plugins_key != key:
             found: dict[str, list[metadata.EntryPoint]] = {}
+            eps: Iterable[metadata.EntryPoint]
             try:
                 eps = metadata.entry_points(group=self.group)
             except Exception as exc:  # a corrupt distribution's metadata: say so, carry on without plugins

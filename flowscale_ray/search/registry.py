@@ -34,7 +34,8 @@ def check_method(name: str, obj: Any) -> str | None:
     missing = [a for a in ("search", "planned_nfe", "Config") if not hasattr(obj, a)]
     if missing:
         return f"{obj.__name__} lacks {', '.join(missing)} (subclass flowscale_ray.search.base.SearchMethod)"
-    if not (isinstance(obj.Config, type) and dataclasses.is_dataclass(obj.Config)):
+    config = getattr(obj, "Config", None)
+    if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
         return f"{obj.__name__}.Config must be a dataclass"
     if getattr(obj, "name", None) != name:
         return f"{obj.__name__}.name is {getattr(obj, 'name', None)!r}; it must equal the entry point name {name!r}"
