@@ -162,7 +162,9 @@ class Registry(Mapping[str, T], Generic[T]):
             try:
                 yield name, self[name]
             except PluginError as exc:
-                log.warning("skipping a broken plugin: %s", exc)
+                if (name, str(exc)) not in self._warned:  # once per plugin and process
+                    self._warned.add((name, str(exc)))
+                    log.warning("skipping a broken plugin: %s", exc)
 
     def values(self) -> Iterator[T]:  # type: ignore[override]
         for _, obj in self.items():
