@@ -32,7 +32,7 @@ import functools
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Protocol
 
@@ -375,32 +375,18 @@ class MethodConfig:
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        """A union tagged by `name` over the registered methods; each choice validates the remaining keys as that
-        method's Config (unknown keys refused, its `__post_init__` checks) and builds a MethodConfig."""
-        from flowscale_ray.search import METHODS
-
-        choices = {}
-        for name, method in METHODS.items():
-            settings = _Mapping._mapping_schema(method.Config, handler)
-            choices[name] = core_schema.no_info_after_validator_function(
-                functools.partial(_method_config, name),
-                core_schema.no_info_before_validator_function(_without_name, settings),
-            )
-        return core_schema.no_info_wrap_validator_function(
-            _check_method,
-            core_schema.tagged_union_schema(choices, discriminator="name"),
-            ref=f"{__name__}.{cls.__name__}",
-        )
+        """Dispatch on `name` when validating, so a method registered at any time is known."""
+        return core_schema.no_info_plain_validator_function(_validate_method, ref=f"{__name__}.{cls.__name__}")
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
         """One object per registered method (`oneOf`), told apart by the constant `name`."""
         from flowscale_ray.search import METHODS
 
-        choices = []  # pydantic gives one schema per tagged-union choice, in METHODS order
-        for name, choice in zip(METHODS, handler(schema)["oneOf"], strict=True):
-            settings = handler.resolve_ref_schema(choice)
-            summary = (METHODS[name].__doc__ or "").strip().split("\n")[0]
+        choices = []
+        for name, method in METHODS.items():
+            settings = _settings_json_schema(method.Config, handler)
+            summary = (method.__doc__ or "").strip().split("\n")[0]
             choices.append(
                 {
                     "title": f"method {name}",
@@ -414,7 +400,29 @@ class MethodConfig:
         return {"oneOf": choices}
 
 
-def _check_method(value: Any, handler: Callable[[Any], Any]) -> Any:
+class _InvalidSettings(ValueError):
+    """A method's settings failed their own validation: the inner ValidationError, for `root`, kept whole."""
+
+    def __init__(self, error: ValidationError, root: type) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.root = root
+
+
+@functools.cache
+def _settings_adapter(config: type) -> TypeAdapter[Any]:
+    """Validates a method's settings (the section without `name`) into its Config dataclass, strictly like a
+    section. The Config rides in a one-item tuple: pydantic takes no `config=` for a dataclass type itself, but
+    applies it to a stdlib dataclass nested in another type. Locations therefore start with the item index 0."""
+    return TypeAdapter(tuple[Annotated[config, _Mapping()]], config=_SECTION)
+
+
+def _settings_json_schema(config: type, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+    (item,) = handler(_settings_adapter(config).core_schema)["prefixItems"]
+    return handler.resolve_ref_schema(item)
+
+
+def _validate_method(value: Any) -> MethodConfig:
     from flowscale_ray.search import METHODS
 
     if isinstance(value, MethodConfig):
@@ -426,14 +434,11 @@ def _check_method(value: Any, handler: Callable[[Any], Any]) -> Any:
     name = value["name"]
     if not (isinstance(name, str) and name in METHODS):
         raise _Invalid(f"unknown method {name!r}; allowed: {', '.join(METHODS)}", "name")
-    return handler(value)
-
-
-def _without_name(value: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in value.items() if k != "name"}
-
-
-def _method_config(name: str, settings: Any) -> MethodConfig:
+    config = METHODS[name].Config
+    try:
+        (settings,) = _settings_adapter(config).validate_python(({k: v for k, v in value.items() if k != "name"},))
+    except ValidationError as exc:
+        raise _InvalidSettings(exc, config) from None
     return MethodConfig(name=name, settings=settings)
 
 
@@ -604,7 +609,10 @@ def read_job_file(path: str | Path, overrides: list[str] | None = None) -> JobCo
 def config_error(exc: ValidationError, root: Any) -> ConfigError:
     """The first problem of a ValidationError for `root` as a ConfigError naming the field. A mistyped key is
     reported first (it is usually why something else looks missing)."""
-    errors = exc.errors(include_url=False)
+    return _first_error(exc.errors(include_url=False), root)
+
+
+def _first_error(errors: list[Any], root: Any) -> ConfigError:
     unknown = [e for e in errors if e["type"] in _UNKNOWN_KEY]
     return _one_error((unknown or errors)[0], root)
 
@@ -633,6 +641,11 @@ def _one_error(error: Any, root: Any) -> ConfigError:
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     if kind == "value_error":
         cause = ctx.get("error")
+        if isinstance(cause, _InvalidSettings):  # errors inside a method's settings: (0, <loc in its Config>)
+            inner = _first_error(
+                [{**e, "loc": e["loc"][1:]} for e in cause.error.errors(include_url=False)], cause.root
+            )
+            return ConfigError(_join(where, inner.where), inner.message)
         if isinstance(cause, _Invalid):
             path = f"{where}{cause.field}" if cause.field.startswith("[") else _join(where, cause.field)
             return ConfigError(path, cause.message)
@@ -660,9 +673,7 @@ def _one_error(error: Any, root: Any) -> ConfigError:
 
 def _locate(root: Any, loc: tuple[int | str, ...]) -> tuple[str, tuple[str, ...], Any]:
     """Walk `loc` through the declared types: (field path, keys allowed where the last key sits, its annotation).
-    Union tags in `loc` (the method name, 'list'/'file' for prompts) are not part of the path."""
-    from flowscale_ray.search import METHODS
-
+    Union tags in `loc` ('list'/'file' for prompts) are not part of the path."""
     path, allowed, annotation = "", (), root
     for part in loc:
         tp, extra_keys = _strip(annotation)
@@ -676,9 +687,6 @@ def _locate(root: Any, loc: tuple[int | str, ...]) -> tuple[str, tuple[str, ...]
             path += f"[{part}]"
             args = [a for a in typing.get_args(tp) if a is not Ellipsis]
             annotation = args[0] if len(args) == 1 else None
-            continue
-        if tp is MethodConfig and part in METHODS:
-            annotation = METHODS[part].Config
             continue
         member = _union_member(tp, part)
         if member is not None:

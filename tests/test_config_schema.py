@@ -188,3 +188,25 @@ def test_sections_stay_plain_frozen_dataclasses():
 def test_null_sections_mean_defaults():
     job = load_job({**GOOD, "executor": None, "output": None, "sampler": None, "compare_with": None})
     assert job.executor == ExecutorConfig() and job.output == OutputConfig() and job.compare_with == ()
+
+
+def test_a_method_registered_later_is_validated_and_in_the_schema():
+    from flowscale_ray.search import METHODS, register_method
+    from flowscale_ray.search.best_of_n import BestOfN
+
+    load_job(GOOD)  # validators built before the registration
+
+    @register_method
+    class Later(BestOfN):
+        name = "later_test_method"
+
+    try:
+        job = load_job(with_("method", {"name": "later_test_method", "n": 3}))
+        assert job.method.name == "later_test_method" and job.method.settings == BestOfN.Config(n=3)
+        with pytest.raises(ConfigError) as err:
+            load_job(with_("method", {"name": "later_test_method", "m": 3}))
+        assert str(err.value) == "method.m: unknown key; allowed: n"
+        titles = [m["title"] for m in job_schema()["$defs"]["MethodConfig"]["oneOf"]]
+        assert titles[-1] == "method later_test_method"
+    finally:
+        METHODS.unregister("later_test_method")
