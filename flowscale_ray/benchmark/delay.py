@@ -88,9 +88,9 @@ class DelayReplica:
             res = []
             for req in batch.inits:
                 res.append((req.pid, 1, self.grid[0], self._reward(key, req.pid) if req.score else float("nan"), None))
-            for req in batch.expands:
-                s = req.moves[-1].s_to
-                res.append((req.pid, cost(req), s, self._reward(key, req.pid) if req.score else float("nan"), None))
+            for exp in batch.expands:
+                s = exp.moves[-1].s_to
+                res.append((exp.pid, cost(exp), s, self._reward(key, exp.pid) if exp.score else float("nan"), None))
             for pid, nfe, *_ in res:  # ParticleResult fields
                 self.live.setdefault(key, set()).add(pid)
                 rows += nfe

@@ -60,7 +60,9 @@ class PlainLoop:
         from flowscale_ray.runtime.replica import build_model_from, build_reward_from
 
         self.model = build_model_from(model)
-        self.reward = build_reward_from(reward)
+        built = build_reward_from(reward)
+        assert built is not None
+        self.reward = built
         self.sampler = sampler
         self.micro_batch = micro_batch
 
@@ -112,13 +114,13 @@ def overhead(setup: BenchSetup, prompts: int, timeout_s: float = 3600.0) -> dict
     from flowscale_ray.runtime.driver import RayExecutor, RuntimeOptions
 
     tasks = setup.tasks(prompts)
-    plain = (
+    plain: Any = (
         ray.remote(PlainLoop)
         .options(num_cpus=setup.num_cpus, num_gpus=setup.num_gpus)
         .remote(setup.model, setup.sampler, setup.reward, setup.micro_batch)
     )
     try:
-        ref = ray.get(plain.measure.remote(tasks), timeout=timeout_s)
+        ref: dict[str, Any] = ray.get(plain.measure.remote(tasks), timeout=timeout_s)
     finally:
         ray.kill(plain)
     ex = RayExecutor(

@@ -65,10 +65,10 @@ class RayExecutor:
         self.context = SearchContext(grid=sampler.grid_times())
         separate = opts.reward_actors > 0
         args = (model, sampler, None if separate else reward, None if separate else held_out, opts.micro_batch)
-        cls = ray.remote(worker).options(
+        cls: Any = ray.remote(worker).options(
             num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_restarts=opts.max_restarts, max_task_retries=0
         )
-        self.replicas = [cls.remote(*args) for _ in range(opts.replicas)]
+        self.replicas: list[Any] = [cls.remote(*args) for _ in range(opts.replicas)]  # actor handles
         self.incarnations = self._wait_ready(range(opts.replicas))
         self.model_id = self._model_id
         self.restarts = [0] * opts.replicas

@@ -74,17 +74,17 @@ def plan_batch(
         if home_of_inits is None or overloaded(home_of_inits, m):
             home_of_inits = m
         place(home_of_inits, req)
-    for req in batch.expands:
-        owners = holders.get(req.parent)
+    for exp in batch.expands:
+        owners = holders.get(exp.parent)
         if not owners:
-            raise KeyError(f"parent {req.parent} of particle {req.pid} is not on any replica")
+            raise KeyError(f"parent {exp.parent} of particle {exp.pid} is not on any replica")
         home = min(owners, key=lambda r: (loads[r], r)) if len(owners) > 1 else next(iter(owners))
         target = home
         m = lightest()
         if overloaded(home, m):
             target = m
-            if m not in owners and (req.parent, m) not in copied:
-                out.copies.append((req.parent, home, m))
-                copied.add((req.parent, m))
-        place(target, req)
+            if m not in owners and (exp.parent, m) not in copied:
+                out.copies.append((exp.parent, home, m))
+                copied.add((exp.parent, m))
+        place(target, exp)
     return out

@@ -98,7 +98,8 @@ class ReplicaWorker:
             scored = [o for o in evaluated if o.preview is not None]
             rewards: dict[int, float] = {}
             if self.reward is not None and scored:
-                values = score(self.reward, [o.preview for o in scored], [self.prompts[key]] * len(scored))
+                previews = [o.preview for o in scored if o.preview is not None]  # all of them (for the types)
+                values = score(self.reward, previews, [self.prompts[key]] * len(scored))
                 rewards = {o.pid: v for o, v in zip(scored, values, strict=True)}
             # ParticleResult fields as a plain tuple (see ParticleResult).
             results[key] = [(o.pid, o.nfe, o.s, rewards.get(o.pid, float("nan")), None) for o in evaluated]
@@ -114,7 +115,7 @@ class ReplicaWorker:
         """Results without rewards, and the scored previews of the whole call as one tensor (a second return
         value: it stays in the object store, owned by the driver, which hands it to a reward actor without
         fetching it); each scored particle's `preview` holds its row in that tensor."""
-        rows = []
+        rows: list[torch.Tensor] = []
         results: dict[Any, Any] = {}
         for key, evaluated in outputs.items():
             results[key] = []

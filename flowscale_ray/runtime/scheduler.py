@@ -146,7 +146,8 @@ class Scheduler:
         """Queue t's batch on the replicas placement picks (`loads` is updated in place)."""
         batch = t.batch
         assert batch is not None
-        for req in (*batch.inits, *batch.expands):
+        requests: tuple[Init | Expand, ...] = (*batch.inits, *batch.expands)
+        for req in requests:
             t.lineage[req.pid] = req
         plan = plan_batch(Batch(inits=batch.inits, expands=batch.expands), t.holders, loads, self.ex.slack)
         copies: dict[int, list[tuple[int, int]]] = {}
@@ -399,7 +400,8 @@ class Scheduler:
         batch = t.batch
         assert batch is not None
         evals = {}
-        for req in (*batch.inits, *batch.expands):
+        requests: tuple[Init | Expand, ...] = (*batch.inits, *batch.expands)
+        for req in requests:
             res = t.results[req.pid]
             t.nfe += res.nfe
             t.search_rewards[req.pid] = res.reward
