@@ -22,7 +22,9 @@ validated against the registered method's own `Config` dataclass (`flowscale_ray
 `flowscale schema` prints the JSON Schema of this file format (docs/job-schema.json).
 
 Every error names the field and what is allowed, as one line: `method.nfe_budget: must be > 0, got -5`. The
-field path comes from pydantic's structured errors (location, type, context), never from parsing a message.
+field path comes from pydantic's structured errors (location, type, context), not from parsing messages; the
+one exception is a check inside a component defined elsewhere (a method's Config, SamplerSpec), which only says
+'field: problem' in its ValueError: `anchored` places that field under the section pydantic located.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import core_schema
 
 from flowscale_ray.core.dynamics import FINAL_STEPS, SAMPLER_PRESETS, SamplerSpec
+from flowscale_ray.errors import FlowscaleError
 
 
-class ConfigError(ValueError):
+class ConfigError(FlowscaleError, ValueError):
     """A bad job file. str() is one line naming the field: `[source: ]where: message`."""
 
     def __init__(self, where: str, message: str, *, source: str | None = None) -> None:
@@ -108,7 +111,7 @@ class _Mapping:
     @classmethod
     def _mapping_schema(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         schema = handler(source)
-        handler.resolve_ref_schema(schema)["strict"] = False
+        typing.cast(dict[str, Any], handler.resolve_ref_schema(schema))["strict"] = False
         return core_schema.no_info_before_validator_function(_none_as_empty, schema)
 
     __get_pydantic_core_schema__ = _mapping_schema
@@ -132,9 +135,9 @@ def _section(cls: type) -> type:
             raise config_error(exc, cls) from None
         finally:
             if cls.__init__ is not __init__:  # pydantic sets its own again when it builds the deferred class
-                cls.__init__ = __init__
+                setattr(cls, "__init__", __init__)  # noqa: B010
 
-    cls.__init__ = __init__
+    setattr(cls, "__init__", __init__)  # noqa: B010
     return cls
 
 
@@ -414,7 +417,7 @@ def _settings_adapter(config: type) -> TypeAdapter[Any]:
     """Validates a method's settings (the section without `name`) into its Config dataclass, strictly like a
     section. The Config rides in a one-item tuple: pydantic takes no `config=` for a dataclass type itself, but
     applies it to a stdlib dataclass nested in another type. Locations therefore start with the item index 0."""
-    return TypeAdapter(tuple[Annotated[config, _Mapping()]], config=_SECTION)
+    return TypeAdapter(tuple[Annotated[config, _Mapping()]], config=_SECTION)  # type: ignore[valid-type]
 
 
 def _settings_json_schema(config: type, handler: GetJsonSchemaHandler) -> dict[str, Any]:
@@ -434,7 +437,10 @@ def _validate_method(value: Any) -> MethodConfig:
     name = value["name"]
     if not (isinstance(name, str) and name in METHODS):
         raise _Invalid(f"unknown method {name!r}; allowed: {', '.join(METHODS)}", "name")
-    config = METHODS[name].Config
+    try:
+        config = METHODS[name].Config
+    except ValueError as exc:  # a broken plugin: the registry's one line, 'method.name: ... failed to load: ...'
+        raise _Invalid(anchored("method", str(exc)).message, "name") from None
     try:
         (settings,) = _settings_adapter(config).validate_python(({k: v for k, v in value.items() if k != "name"},))
     except ValidationError as exc:
@@ -674,7 +680,8 @@ def _one_error(error: Any, root: Any) -> ConfigError:
 def _locate(root: Any, loc: tuple[int | str, ...]) -> tuple[str, tuple[str, ...], Any]:
     """Walk `loc` through the declared types: (field path, keys allowed where the last key sits, its annotation).
     Union tags in `loc` ('list'/'file' for prompts) are not part of the path."""
-    path, allowed, annotation = "", (), root
+    path, annotation = "", root
+    allowed: tuple[str, ...] = ()
     for part in loc:
         tp, extra_keys = _strip(annotation)
         if part == "[key]":  # pydantic's marker: the error is about the key itself
