@@ -34,6 +34,7 @@ bench: $(STAMP)  # the runtime benchmarks (overhead, scaling); figures in benchm
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return importlib.import_module(_MODULE_COMMANDS[args.command][0]).run(args)
     job_path = args.job
     stop: _StopOnSigterm | None = None
+    job = None
     try:
         overrides = list(args.overrides)
         if getattr(args, "run_id", None) is not None:
@@ -148,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, RuntimeError) as exc:  # storage failing after its retries, a broken model: resumable
         from flowscale_ray.io.storage import Redactor
 
-        message = Redactor.for_storage(job.storage)(first_line(exc))
+        message = Redactor.for_storage(job.storage if job is not None else None)(first_line(exc))
         print(f"flowscale: error: {job_path}: {message}", file=sys.stderr)
         return 1
 

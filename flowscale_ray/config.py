@@ -121,10 +121,14 @@ def _none_as_empty(value: Any) -> Any:
     return {} if value is None else value
 
 
-def _section(cls: type) -> type:
+_T = typing.TypeVar("_T")
+
+
+@typing.dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(Field,))
+def _section(cls: type[_T]) -> type[_T]:
     """A job section: a frozen, keyword-only pydantic dataclass with strict types and no unknown keys.
     Building one directly with bad values raises a ConfigError too (relative field path)."""
-    cls = pydantic_dataclass(frozen=True, kw_only=True, config=_SECTION)(cls)
+    cls = pydantic_dataclass(frozen=True, kw_only=True, config=_SECTION)(cls)  # type: ignore[assignment]
     validated_init = cls.__init__
 
     @functools.wraps(validated_init)
@@ -160,10 +164,12 @@ class PromptFileConfig(_Mapping):
     """Prompts from a file at any fsspec URI (see flowscale_ray.io.prompts for the formats)."""
 
     file: str = Field(description="path (relative to the job file) or fsspec URI, e.g. s3://bucket/prompts.jsonl")
-    format: Literal["auto", "text", "jsonl", "csv", "parquet"] = Field("auto", description="auto: from the extension")
-    column: str = Field("prompt", description="the prompt text (JSONL, CSV, Parquet)")
-    id_column: str | None = Field(None, description="given prompt ids; default: 'id' when the file has it")
-    seed_column: str | None = Field(None, description="per-prompt seeds; default: 'seed' when the file has it")
+    format: Literal["auto", "text", "jsonl", "csv", "parquet"] = Field(
+        default="auto", description="auto: from the extension"
+    )
+    column: str = Field(default="prompt", description="the prompt text (JSONL, CSV, Parquet)")
+    id_column: str | None = Field(default=None, description="given prompt ids; default: 'id' when the file has it")
+    seed_column: str | None = Field(default=None, description="per-prompt seeds; default: 'seed' when the file has it")
 
     @field_validator("file")
     @classmethod
@@ -186,15 +192,15 @@ class ExecutorConfig(_Mapping):
     null starts a local Ray in this process; 'auto' joins the cluster this job runs in; or ray://HOST:PORT)."""
 
     kind: Literal["inprocess", "ray"] = "inprocess"
-    in_flight: int = Field(4, ge=1, description="searches in flight at once")
-    micro_batch: int | None = Field(None, ge=1, description="fixed model-call batch size; null: as it comes")
-    address: str | None = Field(None, description="ray only: null (local), 'auto' or ray://HOST:PORT")
-    replicas: int = Field(1, ge=1, description="ray only: model replicas")
-    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica")
-    num_gpus: float = Field(0.0, ge=0, description="ray only: GPUs per replica")
-    reward_actors: int = Field(0, ge=0, description="ray only: reward actors (0: rewards run in the replicas)")
-    call_timeout_s: float = Field(600.0, gt=0, description="seconds before a model call counts as failed")
-    max_restarts: int = Field(3, ge=0, description="restarts of a failed replica")
+    in_flight: int = Field(default=4, ge=1, description="searches in flight at once")
+    micro_batch: int | None = Field(default=None, ge=1, description="fixed model-call batch size; null: as it comes")
+    address: str | None = Field(default=None, description="ray only: null (local), 'auto' or ray://HOST:PORT")
+    replicas: int = Field(default=1, ge=1, description="ray only: model replicas")
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs per replica")
+    num_gpus: float = Field(default=0.0, ge=0, description="ray only: GPUs per replica")
+    reward_actors: int = Field(default=0, ge=0, description="ray only: reward actors (0: rewards run in the replicas)")
+    call_timeout_s: float = Field(default=600.0, gt=0, description="seconds before a model call counts as failed")
+    max_restarts: int = Field(default=3, ge=0, description="restarts of a failed replica")
 
     def __post_init__(self) -> None:
         if self.kind == "inprocess":
@@ -211,16 +217,16 @@ _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 class OutputConfig(_Mapping):
     """Where and what to write: `<dir>/<run_id>/data/part-NNNNN.parquet` (see flowscale_ray.io.writer)."""
 
-    dir: str = Field("results", description="local path or fsspec URI (file://, s3://bucket/prefix, memory://)")
+    dir: str = Field(default="results", description="local path or fsspec URI (file://, s3://bucket/prefix, memory://)")
     run_id: str | None = Field(
-        None, description="default: the job name", json_schema_extra={"pattern": f"^{_RUN_ID.pattern}$"}
+        default=None, description="default: the job name", json_schema_extra={"pattern": f"^{_RUN_ID.pattern}$"}
     )
-    save_images: bool = Field(True, description="PNG bytes in the image column")
-    shard_size: int = Field(100, ge=1, description="prompts per Parquet file (the unit of commit and resume)")
-    row_group_size: int = Field(100, ge=1, description="rows (images) per Parquet row group")
-    top_k: int = Field(1, ge=1, description="samples kept per prompt, best first")
-    min_reward: float | None = Field(None, description="a sample is kept only if its reward reaches this")
-    min_held_out: float | None = Field(None, description="... and its held-out reward reaches this")
+    save_images: bool = Field(default=True, description="PNG bytes in the image column")
+    shard_size: int = Field(default=100, ge=1, description="prompts per Parquet file (the unit of commit and resume)")
+    row_group_size: int = Field(default=100, ge=1, description="rows (images) per Parquet row group")
+    top_k: int = Field(default=1, ge=1, description="samples kept per prompt, best first")
+    min_reward: float | None = Field(default=None, description="a sample is kept only if its reward reaches this")
+    min_held_out: float | None = Field(default=None, description="... and its held-out reward reaches this")
 
     @field_validator("dir")
     @classmethod
@@ -251,12 +257,12 @@ class StorageConfig(_Mapping):
     """Object-storage settings for s3:// URIs (prompts and output). Anything left out comes from the
     standard AWS environment variables. Secrets are never logged or written (see flowscale_ray.io.storage)."""
 
-    endpoint_url: str | None = Field(None, description="else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL")
-    key: str | None = Field(None, repr=False, description="else AWS_ACCESS_KEY_ID")
-    secret: str | None = Field(None, repr=False, description="else AWS_SECRET_ACCESS_KEY")
-    token: str | None = Field(None, repr=False, description="else AWS_SESSION_TOKEN")
+    endpoint_url: str | None = Field(default=None, description="else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL")
+    key: str | None = Field(default=None, repr=False, description="else AWS_ACCESS_KEY_ID")
+    secret: str | None = Field(default=None, repr=False, description="else AWS_SECRET_ACCESS_KEY")
+    token: str | None = Field(default=None, repr=False, description="else AWS_SESSION_TOKEN")
     anon: bool = False
-    retries: int = Field(5, ge=1, description="attempts per whole-file operation, on top of s3fs's own retries")
+    retries: int = Field(default=5, ge=1, description="attempts per whole-file operation, on top of s3fs's own retries")
     options: dict[str, Any] = Field(default_factory=dict, repr=False, description="extra s3fs / fsspec arguments")
 
     @field_validator("endpoint_url")
@@ -277,11 +283,11 @@ class MetricsConfig(_Mapping):
     ('auto'), or force 'bar', 'log' or 'off'; log lines come every `log_interval_s`. The run folder gets a
     small `timeline.json` (replica busy time sampled every `timeline_interval_s`) for `flowscale report`."""
 
-    port: int | None = Field(None, json_schema_extra={"minimum": 0, "maximum": 65535})
-    host: str = Field("127.0.0.1", description="bind address; loopback unless you choose otherwise")
+    port: int | None = Field(default=None, json_schema_extra={"minimum": 0, "maximum": 65535})
+    host: str = Field(default="127.0.0.1", description="bind address; loopback unless you choose otherwise")
     progress: Literal["auto", "bar", "log", "off"] = "auto"
-    log_interval_s: float = Field(30.0, gt=0)
-    timeline_interval_s: float = Field(5.0, gt=0)
+    log_interval_s: float = Field(default=30.0, gt=0)
+    timeline_interval_s: float = Field(default=5.0, gt=0)
 
     @field_validator("port")
     @classmethod
@@ -500,19 +506,21 @@ class JobConfig(_Mapping):
     """A job file: what to sample (model, sampler), how to search (method, reward), for which prompts, where it
     runs (executor) and where the rows go (output, storage); `metrics` for live observability."""
 
-    name: str = Field("job", description="run name; the run id (output folder) unless output.run_id is set")
-    seed: int = Field(0, description="run seed; a prompt's own seed overrides it")
+    name: str = Field(default="job", description="run name; the run id (output folder) unless output.run_id is set")
+    seed: int = Field(default=0, description="run seed; a prompt's own seed overrides it")
     model: ComponentConfig = Field(description="the flow model, e.g. {name: flux, options: {path: ...}}")
     sampler: Sampler = Field(default_factory=SamplerSpec, description="how particles move (core.dynamics)")
     method: MethodConfig = Field(description="the search method and its settings, e.g. {name: rbf, nfe_budget: 500}")
     reward: ComponentConfig = Field(description="the reward the search optimises")
-    held_out: ComponentConfig | None = Field(None, description="a reward reported (and filtered on), never optimised")
+    held_out: ComponentConfig | None = Field(
+        default=None, description="a reward reported (and filtered on), never optimised"
+    )
     prompts: Prompts = Field(description="a list of prompts (strings or {prompt: ..., id: ..., seed: ...}) or a file")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     compare_with: Annotated[tuple[MethodConfig, ...], BeforeValidator(_method_list)] = Field(
-        (), description="baselines run on the same prompts, reported side by side"
+        default=(), description="baselines run on the same prompts, reported side by side"
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="/metrics, progress, timeline")
 

@@ -17,8 +17,9 @@ from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
 from flowscale_ray.core.noise import SeedDeriver, standard_normal
 from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
 from flowscale_ray.models import build_model
-from flowscale_ray.models.diffusers_common import allowed_attention_backends, sampler_shift
+from flowscale_ray.models.diffusers_common import allowed_attention_backends
 from flowscale_ray.models.flux import pack, unpack
+from flowscale_ray.models.shift import sampler_shift
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards.base import FunctionReward
 from flowscale_ray.search import METHODS

@@ -165,11 +165,6 @@ def test_a_broken_plugin_fails_with_one_line_when_used(tmp_path, field, value, m
     assert message in proc.stderr
 
 
-@pytest.mark.xfail(
-    reason="needs the job loader (config.py) to report the PluginError of METHODS[name] as the job file's error "
-    "(in progress there; drop this marker once it lands); the registry's own error is one line (next test)",
-    strict=False,
-)
 def test_a_broken_method_plugin_fails_with_one_line_through_the_cli(tmp_path):
     site = fake_distribution(tmp_path / "site", "broken-plugin", BROKEN)
     job = {"model": {"name": "gmm2d"}, "method": {"name": "broken_method"}, "reward": {"name": "mode_log_density"}}

@@ -79,7 +79,7 @@ class PlainLoop:
             sizes.append(int(x.shape[0]))
             return inner(x, t, cond)
 
-        model.velocity = recording  # type: ignore[method-assign]
+        model.velocity = recording  # type: ignore[method-assign,unused-ignore]
         try:
             ex = InProcessExecutor(
                 ParticleEngine(model, self.sampler, micro_batch=self.micro_batch), self.reward, in_flight=len(tasks)
@@ -88,7 +88,7 @@ class PlainLoop:
             nfe = sum(r.nfe for r in ex.run(tasks))
             inprocess_s = time.perf_counter() - t0
         finally:
-            model.velocity = inner  # type: ignore[method-assign]
+            model.velocity = inner  # type: ignore[method-assign,unused-ignore]
         cond = model.encode([tasks[0].prompt.text])
         gen = torch.Generator().manual_seed(0)
         inputs = []

@@ -398,7 +398,7 @@ def save_grid(images: Tensor, path: str, ncol: int = 8, scale: int = 4) -> None:
         canvas[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = images[i]
     arr = (canvas.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
     img = Image.fromarray(arr)
-    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+    img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST).save(path)
 
 
 if __name__ == "__main__":

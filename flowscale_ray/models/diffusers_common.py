@@ -163,18 +163,6 @@ def dynamic_shift(image_seq_len: int, scheduler_config: dict[str, Any]) -> float
     return mu if scheduler_config.get("time_shift_type", "exponential") == "linear" else math.exp(mu)
 
 
-def sampler_shift(name: str, options: dict[str, Any]) -> float:
-    """The `sampler.shift` that reproduces the diffusers pipeline's schedule for model `name` ('flux' or
-    'sd3') with these options, read from the local folder's JSON configs (no weights are loaded)."""
-    from flowscale_ray.models import flux, sd3
-
-    if name == "flux":
-        return flux.grid_shift_from_configs(options)
-    if name == "sd3":
-        return sd3.grid_shift_from_configs(options)
-    raise ValueError(f"model.name: sampler_shift knows 'flux' and 'sd3', got {name!r}")
-
-
 class PromptCache:
     """Prompt text -> one condition row, least recently used dropped beyond `size` entries.
 

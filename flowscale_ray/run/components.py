@@ -57,7 +57,7 @@ def resolve_sampler_shift(job: JobConfig) -> JobConfig:
         return job
     if job.sampler.shift != 1.0:
         return job  # set explicitly: the job's value wins
-    from flowscale_ray.models.diffusers_common import sampler_shift
+    from flowscale_ray.models.shift import sampler_shift
 
     try:
         shift = sampler_shift(job.model.name, dict(job.model.options))
