@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import types
 import typing
@@ -304,6 +305,46 @@ class MetricsConfig(_Mapping):
         return value
 
 
+@_section
+class BudgetConfig(_Mapping):
+    """How compute is allocated over prompts (see flowscale_ray.run.budget). `per_prompt` (the default): every
+    prompt runs the method as configured. `dataset`: each block of prompts (an output shard) gets `mean_nfe` NFE
+    per prompt; every prompt first runs the method with `base_nfe`, prompts that reach the target stop, and what
+    they leave funds rounds of `round_nfe` for the prompts still short of it, furthest first."""
+
+    mode: Literal["per_prompt", "dataset"] = "per_prompt"
+    mean_nfe: float | None = Field(default=None, gt=0, description="dataset: mean NFE per prompt (the budget)")
+    base_nfe: int | None = Field(default=None, ge=1, description="dataset: each prompt's first round")
+    round_nfe: int | None = Field(default=None, ge=1, description="dataset: each later round (default base_nfe)")
+    target_reward: float | None = Field(default=None, description="dataset: a prompt is done at reward >= this")
+    target_held_out: float | None = Field(default=None, description="dataset: ... and held-out score >= this")
+    max_rounds: int = Field(default=8, ge=1, le=10000, description="dataset: at most this many rounds a prompt")
+
+    def __post_init__(self) -> None:
+        if self.mode == "per_prompt":
+            for name in ("mean_nfe", "base_nfe", "round_nfe", "target_reward", "target_held_out"):
+                if getattr(self, name) is not None:
+                    raise _Invalid("only used with mode: dataset", name)
+            return
+        for name in ("mean_nfe", "base_nfe"):
+            if getattr(self, name) is None:
+                raise _Invalid("required with mode: dataset", name)
+        if self.target_reward is None and self.target_held_out is None:
+            raise _Invalid("dataset needs a stopping rule: set target_reward and/or target_held_out", "mode")
+        for name in ("mean_nfe", "target_reward", "target_held_out"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise _Invalid(f"must be a finite number, got {value}", name)
+        if self.base_nfe is not None and self.mean_nfe is not None and self.base_nfe > self.mean_nfe:
+            raise _Invalid(
+                f"must be <= mean_nfe ({self.mean_nfe:g}): every prompt's first round is paid first", "base_nfe"
+            )
+
+    @property
+    def per_round(self) -> int | None:
+        return self.round_nfe if self.round_nfe is not None else self.base_nfe
+
+
 # -- sampler: a SamplerSpec, optionally on top of a preset ------------------------------------------------------
 
 
@@ -523,6 +564,7 @@ class JobConfig(_Mapping):
         default=(), description="baselines run on the same prompts, reported side by side"
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="/metrics, progress, timeline")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="per prompt, or one for the dataset")
 
     def __post_init__(self) -> None:
         if self.output.run_id is None and not _RUN_ID.fullmatch(self.name):
@@ -535,11 +577,22 @@ class JobConfig(_Mapping):
             raise _Invalid("needs a held_out reward to compare with; set held_out or remove it", "output.min_held_out")
         from flowscale_ray.search.protocol import SearchContext
 
+        ctx = SearchContext(grid=self.sampler.grid_times())
         try:  # the method's settings must fit the sampler's grid (e.g. an NFE budget for its steps)
-            self.method.build().planned_nfe(SearchContext(grid=self.sampler.grid_times()))
+            method = self.method.build()
+            method.planned_nfe(ctx)
         except ValueError as exc:
             error = anchored("method", str(exc))
             raise _Invalid(error.message, error.where) from None
+        budget = self.budget
+        if budget.mode == "dataset":
+            if budget.target_held_out is not None and self.held_out is None:
+                raise _Invalid("needs a held_out reward; set held_out or remove it", "budget.target_held_out")
+            for name, nfe in (("base_nfe", budget.base_nfe), ("round_nfe", budget.per_round)):
+                try:
+                    method.with_budget(nfe or 0, ctx).planned_nfe(ctx)
+                except ValueError as exc:
+                    raise _Invalid(f"{exc} (method {self.method.name}, {ctx.steps} steps)", f"budget.{name}") from None
 
     @property
     def run_id(self) -> str:

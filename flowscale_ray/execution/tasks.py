@@ -27,10 +27,14 @@ class SearchTask:
     prompt: Prompt
     method: SearchMethod
     seed: int  # run seed (the prompt's own seed overrides it when set)
+    round: int = 0  # a dataset budget's later rounds of the prompt draw fresh noise (flowscale_ray.run.budget)
 
     @property
     def effective_seed(self) -> int:
-        return self.prompt.seed if self.prompt.seed is not None else self.seed
+        """The seed every noise draw of this search derives from: the prompt's own seed, else the run's; a later
+        round's is derived from it and the round."""
+        seed = self.prompt.seed if self.prompt.seed is not None else self.seed
+        return seed if self.round == 0 else derive_seed(seed, "round", self.round)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class TaskResult:
     selected: tuple[SelectedSample, ...]
     nfe: int  # velocity evaluations counted by the executor
     seconds: float
+    seed: int | None = None  # the effective seed its noise derives from (replaying a lineage needs it)
 
     def __post_init__(self) -> None:
         if not self.selected:
@@ -155,5 +160,10 @@ def build_result(
         for i, pid in enumerate(pids)
     )
     return TaskResult(
-        prompt=task.prompt, outcome=outcome, selected=selected, nfe=nfe, seconds=time.perf_counter() - started
+        prompt=task.prompt,
+        outcome=outcome,
+        selected=selected,
+        nfe=nfe,
+        seconds=time.perf_counter() - started,
+        seed=task.effective_seed,
     )

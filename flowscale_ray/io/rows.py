@@ -110,8 +110,11 @@ def _why_none(samples: list[SelectedSample], info: RunInfo) -> str:
     return f"kept 0 of {len(samples)} samples: " + "; ".join(parts)
 
 
-def rows_for_result(result: TaskResult, info: RunInfo, now: datetime | None = None) -> list[dict[str, Any]]:
-    """The rows one finished prompt contributes (see the module docstring)."""
+def rows_for_result(
+    result: TaskResult, info: RunInfo, now: datetime | None = None, rounds: int = 1, budget_stop: str | None = None
+) -> list[dict[str, Any]]:
+    """The rows one finished prompt contributes (see the module docstring); `rounds` and `budget_stop` say what
+    a dataset budget gave it (flowscale_ray.run.budget)."""
     from flowscale_ray.images import png_bytes
 
     now = now or datetime.now(UTC)
@@ -120,6 +123,8 @@ def rows_for_result(result: TaskResult, info: RunInfo, now: datetime | None = No
     rows = []
     for rank, s in enumerate(kept or samples[:1]):
         row = _base(result.prompt, info, now)
+        if result.seed is not None:
+            row["seed"] = result.seed
         row.update(
             rank=rank if kept else None,
             status="ok" if kept else "filtered",
@@ -128,6 +133,8 @@ def rows_for_result(result: TaskResult, info: RunInfo, now: datetime | None = No
             search_reward=s.search_reward,
             held_out=s.held_out,
             nfe=result.nfe,
+            rounds=rounds,
+            budget_stop=budget_stop,
             lineage=encode_lineage(s.lineage),
             step_records=encode_steps(result.outcome.records),
             seconds=result.seconds,
@@ -142,7 +149,9 @@ def rows_for_result(result: TaskResult, info: RunInfo, now: datetime | None = No
     return rows
 
 
-def failed_row(prompt: Prompt, info: RunInfo, error: str, seconds: float = 0.0) -> dict[str, Any]:
+def failed_row(
+    prompt: Prompt, info: RunInfo, error: str, seconds: float = 0.0, budget_stop: str | None = None
+) -> dict[str, Any]:
     row = _base(prompt, info, datetime.now(UTC))
-    row.update(status="failed", error=error, seconds=seconds)
+    row.update(status="failed", error=error, seconds=seconds, rounds=1, budget_stop=budget_stop)
     return row

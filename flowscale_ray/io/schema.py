@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from flowscale_ray.search.protocol import Expand, Init, Move, NoiseKey, StepRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `rounds` and `budget_stop` (dataset budgets); `seed` is the selected round's
 
 IMAGE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
 NOISE = pa.struct(
@@ -70,7 +70,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("rank", pa.int32(), "0 = the prompt's best kept sample, 1 = the next, ...; null when nothing was kept"),
     ("status", pa.string(), "`ok` (a kept sample), `filtered` (nothing met the thresholds) or `failed`"),
     ("error", pa.string(), "why nothing was kept (`filtered`) or the error message (`failed`); else null"),
-    ("seed", pa.int64(), "effective seed (the prompt's own, else the run seed)"),
+    (
+        "seed",
+        pa.int64(),
+        "effective seed of the selected sample's search (the prompt's own, else the run seed; "
+        "a dataset budget's later round derives its own)",
+    ),
     ("method", pa.string(), "search method name (`rbf`, `smc`, ...)"),
     ("method_settings", pa.string(), "the method's settings, JSON"),
     ("model_id", pa.string(), "model id"),
@@ -79,7 +84,14 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("search_reward", pa.float64(), "reward of the selected particle at its last search evaluation"),
     ("held_out_name", pa.string(), "held-out reward name (null when none)"),
     ("held_out", pa.float64(), "held-out reward of the final sample (never optimised)"),
-    ("nfe", pa.int64(), "velocity evaluations the prompt's search spent"),
+    ("nfe", pa.int64(), "velocity evaluations the prompt's search spent (all its rounds)"),
+    ("rounds", pa.int32(), "search rounds the prompt received (1 without a dataset budget)"),
+    (
+        "budget_stop",
+        pa.string(),
+        "dataset budget: why the prompt got no more rounds (`solved`, `budget`, "
+        "`max_rounds`, `failed`); null without one",
+    ),
     ("steps", pa.int32(), "sampler steps"),
     ("interpolant", pa.string(), "sampled path: `linear` or `vp`"),
     ("sde", pa.bool_(), "stochastic (SDE) or deterministic (ODE) steps"),

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 
-LABEL_KEYS = frozenset({"method", "model", "reward", "replica", "kind"})
+LABEL_KEYS = frozenset({"method", "model", "reward", "replica", "kind", "reason"})
 RUN = ("method", "model", "reward")  # the labels of run-level series
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -151,6 +151,24 @@ BYTES_WRITTEN = Counter("flowscale_bytes_written", "Parquet bytes committed", RU
 SHARDS_COMMITTED = Counter("flowscale_shards_committed", "Shards committed", RUN, registry=REGISTRY)
 STORAGE_RETRIES = Counter(
     "flowscale_storage_retries", "Storage operations retried after a transient error", RUN, registry=REGISTRY
+)
+
+# Dataset budgets (flowscale_ray.run.budget): what each prompt received, and the budget over the run.
+NFE_BUCKETS = (10, 20, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10000, 50000)
+PROMPT_NFE = Histogram(
+    "flowscale_prompt_nfe", "NFE a prompt received under a dataset budget", RUN, buckets=NFE_BUCKETS, registry=REGISTRY
+)
+PROMPT_ROUNDS = Histogram(
+    "flowscale_prompt_rounds", "Rounds a prompt received under a dataset budget", RUN,
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=REGISTRY,
+)  # fmt: skip
+PROMPTS_STOPPED = Counter(
+    "flowscale_budget_prompts_stopped", "Prompts done under a dataset budget, by why they got no more rounds",
+    (*RUN, "reason"), registry=REGISTRY,
+)  # fmt: skip
+BUDGET_NFE = Counter("flowscale_budget_nfe", "Dataset budget NFE of the blocks started", RUN, registry=REGISTRY)
+BUDGET_SPENT = Counter(
+    "flowscale_budget_spent_nfe", "Dataset budget NFE charged to rounds (planned NFE)", RUN, registry=REGISTRY
 )
 
 _servers: dict[tuple[str, int], tuple[Any, int]] = {}

@@ -8,6 +8,7 @@ Executors and the run loop call a `Recorder` (a no-op by default, so tests and l
     reward_call(replica, seconds)     one call to a separate reward actor (driver-side round trip)
     replica_restart(replica, kind)    the driver recovered from a dead or hung actor
     shard_committed(rows, bytes) / storage_retry()                   the writer
+    budget_planned(nfe) / budget_spent(nfe) / prompt_allocated(nfe, rounds, stop)   a dataset budget
 
 `RunRecorder` keeps plain totals (what the progress display and the run's timeline are made from) and, when
 asked, forwards everything to the Prometheus metrics of flowscale_ray.observe.metrics. Search figures
@@ -81,6 +82,15 @@ class Recorder:
     def storage_retry(self) -> None:
         pass
 
+    def budget_planned(self, nfe: int) -> None:
+        pass
+
+    def budget_spent(self, nfe: int) -> None:
+        pass
+
+    def prompt_allocated(self, nfe: int, rounds: int, stop: str) -> None:
+        pass
+
 
 NULL_RECORDER = Recorder()
 
@@ -102,6 +112,8 @@ class Totals:
     rows: int = 0
     bytes: int = 0
     retries: int = 0
+    budget_nfe: int = 0  # dataset budget of the blocks started
+    budget_spent: int = 0  # ... charged to rounds so far
 
     @property
     def done(self) -> int:
@@ -278,6 +290,22 @@ class RunRecorder(Recorder):
         if self.m is not None:
             self.m.STORAGE_RETRIES.labels(**self.labels).inc()
 
+    def budget_planned(self, nfe: int) -> None:
+        self.totals.budget_nfe += nfe
+        if self.m is not None:
+            self.m.BUDGET_NFE.labels(**self.labels).inc(nfe)
+
+    def budget_spent(self, nfe: int) -> None:
+        self.totals.budget_spent += nfe
+        if self.m is not None:
+            self.m.BUDGET_SPENT.labels(**self.labels).inc(nfe)
+
+    def prompt_allocated(self, nfe: int, rounds: int, stop: str) -> None:
+        if self.m is not None:
+            self.m.PROMPT_NFE.labels(**self.labels).observe(nfe)
+            self.m.PROMPT_ROUNDS.labels(**self.labels).observe(rounds)
+            self.m.PROMPTS_STOPPED.labels(**self.labels, reason=stop).inc()
+
     # -- timeline and progress -------------------------------------------------------------------------------
     def elapsed(self) -> float:
         return self.clock() - self.started_at
@@ -298,6 +326,7 @@ class RunRecorder(Recorder):
                 "nfe": t.nfe,
                 "done": t.done,
                 "busy": {r: round(v, 4) for r, v in t.busy.items()},
+                **({"budget_nfe": t.budget_nfe, "budget_spent": t.budget_spent} if t.budget_nfe else {}),
             }
         )
         if len(self.timeline) > MAX_TIMELINE:  # keep it tiny for hours-long runs: halve the resolution

@@ -28,6 +28,7 @@ def describe_job(job: JobConfig, prompts: list[Prompt]) -> tuple[dict[str, Any],
         "method": job.method.build().settings(),
         "reward": asdict(job.reward),
         "held_out": asdict(job.held_out) if job.held_out is not None else None,
+        "budget": asdict(job.budget),
         "prompts": {"count": len(prompts), "digest": prompts_digest(prompts)},
         "output": {
             "save_images": out.save_images,

@@ -73,10 +73,15 @@ def _run(
 ) -> RunReport:
     todo = output.begin(executor.model_id, method.settings())
     planned = method.planned_nfe(executor.context)
+    spend = f"{planned} NFE/prompt"
+    if job.budget.mode == "dataset" and job.budget.mean_nfe is not None:
+        b = job.budget
+        planned = int(b.mean_nfe)  # per prompt on average: what the progress display's ETA uses
+        spend = f"dataset budget: {b.mean_nfe:g} NFE/prompt on average, rounds of {b.base_nfe}, then {b.per_round}"
     resumed = output.resumed_shards
     note = f"; resuming: {resumed} of {output.num_shards} shards already committed" if resumed is not None else ""
     log.info(
-        f"job {job.name}: {len(prompts)} prompts, method {method.name} ({planned} NFE/prompt), "
+        f"job {job.name}: {len(prompts)} prompts, method {method.name} ({spend}), "
         f"sampler {job.sampler.label}, model {executor.model_id}, reward {job.reward.name}, "
         f"executor {job.executor.kind}{note}"
     )
@@ -102,7 +107,13 @@ def _run(
             output.add_failure(i, first_line(exc))
         held_back.clear()
 
-    for index, outcome in run_prompts(executor, method, job.seed, prompts, todo, redact, recorder):
+    if job.budget.mode == "dataset":
+        outcomes = _dataset_budget(job, output, method, executor, prompts, todo, redact, recorder)
+    else:
+        outcomes = run_prompts(
+            executor, lambda i: SearchTask(prompts[i], method, job.seed), prompts, todo, redact, recorder
+        )
+    for index, outcome in outcomes:
         if isinstance(outcome, TaskResult):
             recorder.prompt_finished(outcome)
             record_failures()
@@ -129,32 +140,78 @@ def _run(
     return RunReport(job.run_id, output.uri, len(prompts), len(todo), manifest, elapsed, nfe, failed, preview)
 
 
+def _dataset_budget(
+    job: JobConfig,
+    output: RunOutput,
+    method: SearchMethod,
+    executor: Executor,
+    prompts: list[Prompt],
+    todo: list[int],
+    redact: Callable[[str], str],
+    recorder: Recorder,
+) -> Iterator[tuple[int, TaskResult | Exception]]:
+    """The dataset budget (flowscale_ray.run.budget): block by block (one output shard each), waves of rounds
+    until the block's budget is spent; yields each prompt's merged result when its block is done."""
+    from flowscale_ray.run.budget import BlockBudget, Target
+
+    cfg = job.budget
+    assert cfg.mean_nfe is not None and cfg.base_nfe is not None and cfg.per_round is not None  # validated
+    ctx = executor.context
+    first, later = method.with_budget(cfg.base_nfe, ctx), method.with_budget(cfg.per_round, ctx)
+    target = Target(cfg.target_reward, cfg.target_held_out)
+    costs = (first.planned_nfe(ctx), later.planned_nfe(ctx))  # charged per round: exactly what it will spend
+    for shard in sorted({output.shard_of(i) for i in todo}):
+        block = [i for i in todo if output.shard_of(i) == shard]
+        budget = BlockBudget(block, cfg.mean_nfe, *costs, target, cfg.max_rounds)
+        recorder.budget_planned(budget.total)
+
+        def task(i: int, budget: BlockBudget = budget) -> SearchTask:
+            rounds = budget.prompts[i].rounds
+            return SearchTask(prompts[i], first if rounds == 0 else later, job.seed, round=rounds)
+
+        def run_wave(
+            wave: list[int], number: int, task: Callable[[int], SearchTask] = task
+        ) -> list[tuple[int, TaskResult | Exception]]:
+            recorder.budget_spent(costs[0 if number == 0 else 1] * len(wave))
+            return list(run_prompts(executor, task, prompts, wave, redact, recorder, count=number == 0))
+
+        budget.run(run_wave)
+        log.info(
+            f"budget: shard {shard + 1}/{output.num_shards}: {budget.charged} of {budget.total} NFE in {budget.waves} "
+            f"waves; {sum(p.stop == 'solved' for p in budget.prompts.values())} of {len(block)} prompts solved"
+        )
+        for i in block:
+            p = budget.prompts[i]
+            recorder.prompt_allocated(p.nfe, p.rounds, p.stop or "budget")
+            output.allocation(i, p.rounds, p.stop)
+            yield i, (p.merged() if p.best is not None else p.error or RuntimeError("no result"))
+
+
 def run_prompts(
     executor: Executor,
-    method: SearchMethod,
-    seed: int,
+    task: Callable[[int], SearchTask],
     prompts: list[Prompt],
     todo: list[int],
     redact: Callable[[str], str] = str,
     recorder: Recorder = NULL_RECORDER,
+    count: bool = True,
 ) -> Iterator[tuple[int, TaskResult | Exception]]:
-    """Run the prompts at `todo`, yielding (index, result) as they finish, or (index, the exception) for a
-    prompt whose search raises. When a search raises, the prompts then in flight are rerun one at a time to
-    find which one fails; after MAX_CONSECUTIVE_FAILURES failures in a row the error is raised instead (a
-    broken model or reward, not a bad prompt): committed shards stay, and the run resumes from there."""
+    """Run `task(i)` for the prompts at `todo` (`count`: they count as started prompts for progress), yielding
+    (index, result) as they finish, or (index, the exception) for a prompt whose search raises. When a search
+    raises, the prompts then in flight are rerun one at a time to find which one fails; after
+    MAX_CONSECUTIVE_FAILURES failures in a row the error is raised instead (a broken model or reward, not a bad
+    prompt): committed shards stay, and the run resumes from there."""
     index_of = {prompts[i].id: i for i in todo}
     queue = deque(todo)
     consecutive = 0
-
-    def task(i: int) -> SearchTask:
-        return SearchTask(prompt=prompts[i], method=method, seed=seed)
 
     def pull(pulled: list[int]) -> Iterator[SearchTask]:
         """Tasks from the queue as the executor asks for them, noting which were handed out."""
         while queue:
             i = queue.popleft()
             pulled.append(i)
-            recorder.prompt_started()
+            if count:
+                recorder.prompt_started()
             yield task(i)
 
     while queue:

@@ -39,6 +39,7 @@ class RunOutput:
         self.on_retry: Callable[[], None] | None = None
         self._info: RunInfo | None = None
         self._assembler: ShardAssembler | None = None
+        self._allocations: dict[int, tuple[int, str | None]] = {}  # prompt -> (rounds, why it stopped)
 
     @classmethod
     def open(cls, job: JobConfig, prompts: list[Prompt]) -> RunOutput:
@@ -87,6 +88,10 @@ class RunOutput:
     def num_shards(self) -> int:
         return self.writer.num_shards
 
+    def shard_of(self, index: int) -> int:
+        """The output shard that holds prompt `index` (a dataset budget allocates within one shard)."""
+        return self.writer.shard_of(index)
+
     @property
     def config_hash(self) -> str:
         return self.writer.config_hash
@@ -107,13 +112,19 @@ class RunOutput:
         """Shards already committed by an earlier call, or None for a new run."""
         return len(self.writer.state.committed) if self.writer.state.resumed else None
 
+    def allocation(self, index: int, rounds: int, stop: str | None) -> None:
+        """What a dataset budget gave prompt `index` (its rows record it)."""
+        self._allocations[index] = (rounds, stop)
+
     def add(self, index: int, result: TaskResult) -> None:
         """Prompt `index`'s rows from its search result."""
-        self._add(index, rows_for_result(result, self._run_info))
+        rounds, stop = self._allocations.pop(index, (1, None))
+        self._add(index, rows_for_result(result, self._run_info, rounds=rounds, budget_stop=stop))
 
     def add_failure(self, index: int, error: str) -> None:
         """Prompt `index` failed: one `failed` row carrying `error` (redacted)."""
-        self._add(index, [failed_row(self.prompts[index], self._run_info, self.redact(error))])
+        _, stop = self._allocations.pop(index, (1, None))
+        self._add(index, [failed_row(self.prompts[index], self._run_info, self.redact(error), budget_stop=stop)])
 
     def put_json(self, name: str, doc: Any) -> None:
         """A JSON document beside the data (e.g. the run's timeline)."""

@@ -20,6 +20,7 @@ __all__ = [
     "SearchMethod",
     "argmax_first",
     "decision_generator",
+    "per_round",
     "positive",
     "rank_desc",
     "register_method",
@@ -42,6 +43,11 @@ class SearchMethod(ABC):
     def planned_nfe(self, ctx: SearchContext) -> int:
         """The exact number of velocity evaluations `search` spends on this grid."""
 
+    def with_budget(self, nfe: int, ctx: SearchContext) -> SearchMethod:
+        """This method set up to spend at most `nfe` velocity evaluations on this grid (its `planned_nfe` is
+        then <= nfe): one round of a dataset budget. Raises ValueError naming what the budget cannot pay."""
+        raise ValueError(f"{self.name} cannot take a budget per round; use bon, rbf, smc, svdd or code")
+
     def settings(self) -> dict[str, Any]:
         from dataclasses import asdict
 
@@ -51,6 +57,14 @@ class SearchMethod(ABC):
 def register_method(cls: type[SearchMethod]) -> type[SearchMethod]:
     """Decorator: register a method class under its `name` in this process (built-ins and plugins need not)."""
     return METHODS.register(cls.name, cls)
+
+
+def per_round(nfe: int, unit: int, what: str) -> int:
+    """How many `what`s of `unit` NFE each a round of `nfe` pays for (at least one, else ValueError)."""
+    count = nfe // unit
+    if count < 1:
+        raise ValueError(f"a round of {nfe} NFE cannot pay one {what} ({unit} NFE)")
+    return count
 
 
 def argmax_first(values: list[float]) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowscale_ray.search.base import SearchMethod, positive, rank_desc, spent
+from flowscale_ray.search.base import SearchMethod, per_round, positive, rank_desc, spent
 from flowscale_ray.search.protocol import (
     STREAM_INIT,
     Batch,
@@ -38,6 +38,10 @@ class BestOfN(SearchMethod):
 
     def planned_nfe(self, ctx: SearchContext) -> int:
         return self.config.n * ctx.steps
+
+    def with_budget(self, nfe: int, ctx: SearchContext) -> SearchMethod:
+        """Best-of-n with as many trajectories as `nfe` pays for."""
+        return BestOfN(BestOfNConfig(n=per_round(nfe, ctx.steps, "trajectory")))
 
     def search(self, ctx: SearchContext, seed: int) -> SearchGenerator:
         n, times = self.config.n, ctx.search_times

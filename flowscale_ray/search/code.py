@@ -12,9 +12,9 @@ copies of each initial state; we evaluate each initial state once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from flowscale_ray.search.base import SearchMethod, argmax_first, positive, rank_desc, spent
+from flowscale_ray.search.base import SearchMethod, argmax_first, per_round, positive, rank_desc, spent
 from flowscale_ray.search.protocol import (
     STREAM_INIT,
     Batch,
@@ -28,6 +28,14 @@ from flowscale_ray.search.protocol import (
     SearchOutcome,
     StepRecord,
 )
+
+
+def children_for(nfe: int, n_chains: int, ctx: SearchContext) -> tuple[int, int]:
+    """(chains, children per chain) that a round of `nfe` pays for: N + N*K*(steps - 1) <= nfe, with the
+    configured chains when K >= 1 allows it, else fewer chains."""
+    per_chain = 1 + (ctx.steps - 1)  # a chain with one child per step
+    chains = min(n_chains, per_round(nfe, per_chain, "chain with one child per step"))
+    return chains, max(1, (nfe - chains) // (chains * max(1, ctx.steps - 1)))
 
 
 def block_search(n_chains: int, n_children: int, block: int, ctx: SearchContext) -> SearchGenerator:
@@ -108,6 +116,11 @@ class CoDe(SearchMethod):
         c = self.config
         return c.n_chains + c.n_chains * c.n_children * (ctx.steps - 1)
 
+    def with_budget(self, nfe: int, ctx: SearchContext) -> SearchMethod:
+        """As many children per step as `nfe` pays for (fewer chains only when one child each is too much)."""
+        chains, children = children_for(nfe, self.config.n_chains, ctx)
+        return CoDe(replace(self.config, n_chains=chains, n_children=children))
+
     def search(self, ctx: SearchContext, seed: int) -> SearchGenerator:
         c = self.config
         return (yield from block_search(c.n_chains, c.n_children, c.block, ctx))
@@ -132,6 +145,11 @@ class SVDD(SearchMethod):
     def planned_nfe(self, ctx: SearchContext) -> int:
         c = self.config
         return c.n_chains + c.n_chains * c.n_children * (ctx.steps - 1)
+
+    def with_budget(self, nfe: int, ctx: SearchContext) -> SearchMethod:
+        """As many children per step as `nfe` pays for (fewer chains only when one child each is too much)."""
+        chains, children = children_for(nfe, self.config.n_chains, ctx)
+        return SVDD(replace(self.config, n_chains=chains, n_children=children))
 
     def search(self, ctx: SearchContext, seed: int) -> SearchGenerator:
         c = self.config

@@ -19,9 +19,9 @@ interval. Output: the chain whose final state scores highest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from flowscale_ray.search.base import SearchMethod, argmax_first, positive, rank_desc, spent
+from flowscale_ray.search.base import SearchMethod, argmax_first, per_round, positive, rank_desc, spent
 from flowscale_ray.search.protocol import (
     STREAM_INIT,
     Batch,
@@ -86,6 +86,13 @@ class RolloverBudgetForcing(SearchMethod):
     def planned_nfe(self, ctx: SearchContext) -> int:
         self._shares(ctx)
         return self.config.nfe_budget
+
+    def with_budget(self, nfe: int, ctx: SearchContext) -> SearchMethod:
+        """RBF spending `nfe`, with as many of the configured chains as it pays a candidate per interval for."""
+        c = self.config
+        per_chain = c.seed_candidates + max(1, ctx.steps - 1)
+        chains = min(c.n_chains, per_round(nfe, per_chain, "chain (a start and one candidate per interval)"))
+        return RolloverBudgetForcing(replace(c, n_chains=chains, nfe_budget=nfe))
 
     def search(self, ctx: SearchContext, seed: int) -> SearchGenerator:
         c = self.config

@@ -13,13 +13,14 @@ NFE = N x steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from flowscale_ray.search.base import (
     SearchMethod,
     decision_generator,
+    per_round,
     positive,
     rank_desc,
     spent,
@@ -65,6 +66,10 @@ class SMC(SearchMethod):
 
     def planned_nfe(self, ctx: SearchContext) -> int:
         return self.config.n_particles * ctx.steps
+
+    def with_budget(self, nfe: int, ctx: SearchContext) -> SearchMethod:
+        """As many particles as `nfe` pays for, the other settings unchanged."""
+        return SMC(replace(self.config, n_particles=per_round(nfe, ctx.steps, "particle")))
 
     def search(self, ctx: SearchContext, seed: int) -> SearchGenerator:
         c = self.config
