@@ -194,3 +194,17 @@ def test_the_same_rows_on_ray(tmp_path, local_ray):
     ray_exec = {"kind": "ray", "replicas": 2, "in_flight": 4, "micro_batch": 8, "num_cpus": 0.5}
     run_job(load_job(job(tmp_path / "ray", executor=ray_exec)))
     assert rows(tmp_path / "ray" / "dsb" / "data") == rows(tmp_path / "local" / "dsb" / "data")
+
+
+def test_report_shows_the_allocation_and_the_budget_left(tmp_path):
+    from flowscale_ray.observe.report import load_runs, write_report
+
+    run_job(load_job(job(tmp_path / "a", metrics={"timeline_interval_s": 1e-6})))
+    runs = load_runs(str(tmp_path / "a" / "dsb"), None)
+    out = tmp_path / "report.md"
+    write_report(runs, out, "md")
+    text = out.read_text()
+    assert "## Dataset budget: allocation" in text and "| stopped because | prompts |" in text
+    assert (tmp_path / "report-budget.png").stat().st_size > 1000
+    section = text.split("## Dataset budget: allocation", 1)[1].split("\n\n")[1].splitlines()[2:]
+    assert sum(int(line.split("|")[2]) for line in section) == 10  # every prompt, once, by why it stopped

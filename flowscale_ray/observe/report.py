@@ -8,6 +8,9 @@ running best reward after each decision, averaged over prompts, at the mean cumu
 of the final reward per method; each replica's utilization over time (busy seconds per interval, from the
 run's `timeline.json`). Baselines are the sibling run folders `<run_id>-<method>` the job wrote beside the run.
 Reads only committed shards, so a run in progress can be reported too.
+
+A run under a dataset budget (`budget: {mode: dataset}`) also gets its allocation: prompts, NFE and rounds per
+prompt by why each prompt stopped, and the budget left over time (from `timeline.json`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ PLOTS = (
     ("reward-vs-nfe", "Best reward vs NFE per method"),
     ("reward-distribution", "Final reward distribution per method"),
     ("utilization", "Replica utilization over time"),
+    ("budget", "Dataset budget left over time"),
 )
 COLUMNS = ["prompt_id", "status", "rank", "method", "reward", "nfe", "step_records"]
+OPTIONAL_COLUMNS = ["rounds", "budget_stop"]  # schema 2 on
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -86,7 +91,9 @@ def load_run(uri: str, storage: Any) -> RunData:
     summary, fs, paths = summarize(uri, storage, top=0)
     rows = []
     if paths:
-        table = ds.dataset(paths, filesystem=fs, format="parquet").to_table(columns=COLUMNS)
+        dataset = ds.dataset(paths, filesystem=fs, format="parquet")
+        present = set(dataset.schema.names)
+        table = dataset.to_table(columns=COLUMNS + [c for c in OPTIONAL_COLUMNS if c in present])
         rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["rank"] == 0]
     from flowscale_ray.io.storage import open_filesystem
 
@@ -252,12 +259,54 @@ def plot_utilization(runs: list[RunData]) -> bytes:
     return _png(plt, fig)
 
 
+def budget_series(timeline: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """(seconds, dataset-budget NFE not yet charged to a round) over the run; empty without a dataset budget."""
+    points = [(s["t"], s["budget_nfe"] - s["budget_spent"]) for s in timeline.get("samples") or [] if "budget_nfe" in s]
+    return [t for t, _ in points], [float(v) for _, v in points]
+
+
+def plot_budget(run: RunData) -> bytes:
+    plt, fig, ax = _figure()
+    xs, ys = budget_series(run.timeline or {})
+    ax.step(xs, ys, where="post")
+    ax.set_xlabel("seconds since the run started")
+    ax.set_ylabel("NFE left in the blocks started")
+    ax.set_title(f"Dataset budget left ({run.run_id})")
+    return _png(plt, fig)
+
+
+def allocation_rows(run: RunData) -> list[list[str]]:
+    """Under a dataset budget: per reason a prompt stopped, its prompts, mean NFE, mean rounds and mean reward."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in run.rows:
+        if r.get("budget_stop"):
+            groups.setdefault(r["budget_stop"], []).append(r)
+    if not groups:
+        return []
+    table = [["stopped because", "prompts", "mean NFE", "max NFE", "mean rounds", "mean reward"]]
+    for reason, rows in sorted(groups.items()):
+        table.append(
+            [
+                reason,
+                str(len(rows)),
+                f"{statistics.fmean(r['nfe'] for r in rows):.1f}",
+                str(max(r["nfe"] for r in rows)),
+                f"{statistics.fmean(r['rounds'] for r in rows):.2f}",
+                f"{statistics.fmean(r['reward'] for r in rows):.4g}",
+            ]
+        )
+    return table
+
+
 def render_plots(runs: list[RunData]) -> dict[str, bytes]:
-    return {
+    plots = {
         "reward-vs-nfe": plot_reward_vs_nfe(runs),
         "reward-distribution": plot_reward_distribution(runs),
         "utilization": plot_utilization(runs),
     }
+    if runs[-1].timeline and budget_series(runs[-1].timeline)[0]:
+        plots["budget"] = plot_budget(runs[-1])
+    return plots
 
 
 # -- documents -----------------------------------------------------------------------------------------------------
@@ -299,7 +348,15 @@ def render_html(runs: list[RunData], plots: dict[str, bytes]) -> str:
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(plots[key]).decode()}">'
         f"<figcaption>{html.escape(title)}</figcaption></figure>"
         for key, title in PLOTS
+        if key in plots
     )
+    allocation = allocation_rows(runs[-1])
+    if allocation:
+        cells = "".join(
+            "<tr>" + "".join(f"<{t}>{html.escape(c)}</{t}>" for c in row) + "</tr>"
+            for row, t in zip(allocation, ["th"] + ["td"] * (len(allocation) - 1), strict=True)
+        )
+        figures = f"<h2>Dataset budget: allocation</h2><table>{cells}</table>{figures}"
     config = html.escape(json.dumps(runs[-1].config, indent=1, sort_keys=True, default=str))
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
@@ -321,8 +378,14 @@ def render_markdown(runs: list[RunData], images: dict[str, str]) -> str:
     lines.append("|" + "---|" * len(table[0]))
     lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
     lines.append("")
+    allocation = allocation_rows(runs[-1])
+    if allocation:
+        lines += ["## Dataset budget: allocation", "", "| " + " | ".join(allocation[0]) + " |"]
+        lines.append("|" + "---|" * len(allocation[0]))
+        lines += ["| " + " | ".join(row) + " |" for row in allocation[1:]] + [""]
     for key, title in PLOTS:
-        lines += [f"## {title}", "", f"![{title}]({images[key]})", ""]
+        if key in images:
+            lines += [f"## {title}", "", f"![{title}]({images[key]})", ""]
     return "\n".join(lines)
 
 
