@@ -82,14 +82,21 @@ def study(
     prompts: list[tuple[str, str]],
     seeds: list[int],
     per_prompt: list[int],
-    dataset: list[tuple[float, int, int]],
+    dataset: list[tuple[float, int, int, int]],
     block: int,
     baseline: str,
 ) -> None:
     """Run every setting for every seed and save a table (with paired differences against `baseline`)."""
     out = Path(tempfile.mkdtemp(prefix="dataset-budget-"))
     settings: list[tuple[str, int, dict[str, Any] | None]] = [(f"per-prompt {n}", n, None) for n in per_prompt]
-    settings += [(f"dataset {m:g} ({b}+{r})", b, {"mean_nfe": m, "base_nfe": b, "round_nfe": r}) for m, b, r in dataset]
+    for m, b, r, k in dataset:
+        settings.append(
+            (
+                f"dataset {m:g} ({b}+{r}, <={k} rounds)",
+                b,
+                {"mean_nfe": m, "base_nfe": b, "round_nfe": r, "max_rounds": k},
+            )
+        )
     data: dict[str, Any] = {"prompts": [t for _, t in prompts], "seeds": seeds, "block": block, "runs": {}}
     try:
         for label, nfe, budget in settings:
@@ -166,7 +173,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 (tune) or 0 1 2 (eval)")
     ap.add_argument("--block", type=int, default=25, help="prompts per block (output shard)")
     ap.add_argument(
-        "--dataset", nargs="+", default=None, help="MEAN:BASE:ROUND settings of the dataset budget"
+        "--dataset", nargs="+", default=None, help="MEAN:BASE:ROUND[:MAX_ROUNDS] settings of the dataset budget"
     )  # fmt: skip
     ap.add_argument("--per-prompt", type=int, nargs="+", default=None, help="per-prompt NFE budgets")
     ap.add_argument("--baseline", default=None, help="the row differences are paired against")
@@ -178,7 +185,15 @@ def main() -> None:
         texts = tuning_prompts(args.prompts or 24)
         prompts = [(f"tune-{i:03d}", t) for i, t in enumerate(texts)]
         seeds = args.seeds or [0, 1]
-        dataset = args.dataset or ["100:25:25", "100:50:25", "100:50:50", "100:20:10", "100:30:10"]
+        dataset = args.dataset or [
+            "100:10:10:8",
+            "100:10:10:32",
+            "100:20:20:16",
+            "100:25:25:16",
+            "100:50:25:16",
+            "100:50:50:8",
+            "100:30:10:32",
+        ]
         per_prompt = args.per_prompt or [100]
     else:
         texts = list(shapes.evaluation_prompts())[: args.prompts or 50]
@@ -186,7 +201,10 @@ def main() -> None:
         seeds = args.seeds or [0, 1, 2]
         dataset = args.dataset or []
         per_prompt = args.per_prompt or [100, 500]
-    parsed = [(float(m), int(b), int(r)) for m, b, r in (d.split(":") for d in dataset)]
+    parsed = []
+    for d in dataset:
+        m, b, r, *k = d.split(":")
+        parsed.append((float(m), int(b), int(r), int(k[0]) if k else 8))
     baseline = args.baseline or f"per-prompt {per_prompt[0]}"
     study(f"dataset_budget_{args.stage}", prompts, seeds, per_prompt, parsed, args.block, baseline)
 

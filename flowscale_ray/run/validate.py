@@ -8,6 +8,7 @@ from pathlib import Path
 from flowscale_ray.config import JobConfig
 from flowscale_ray.run.components import build_components, load_prompts, resolve_sampler_shift
 from flowscale_ray.run.output import RunOutput
+from flowscale_ray.search.protocol import SearchContext
 
 
 def validate_job(job: JobConfig, base_dir: Path | None = None, source: str = "job") -> list[str]:
@@ -18,9 +19,25 @@ def validate_job(job: JobConfig, base_dir: Path | None = None, source: str = "jo
     build_components(job)
     output = RunOutput.open(job, prompts)
     state = output.describe_state()  # raises on a conflicting run: that is bad input too
-    return [
+    lines = [
         f"{source}: ok ({len(prompts)} prompts)",
         f"  method  {job.method.name} {dataclasses.asdict(job.method.settings)}",
         f"  sampler {dataclasses.asdict(job.sampler)}",
         f"  output  {output.writer.root} ({output.num_shards} shards of {job.output.shard_size} prompts): {state}",
     ]
+    b = job.budget
+    if b.mode == "dataset" and b.base_nfe is not None and b.per_round is not None and b.mean_nfe is not None:
+        ctx = SearchContext(grid=job.sampler.grid_times())
+        method = job.method.build()
+        first, later = method.with_budget(b.base_nfe, ctx), method.with_budget(b.per_round, ctx)
+        lines.append(
+            f"  budget  dataset: {b.mean_nfe:g} NFE per prompt on average within each shard; first round "
+            f"{first.planned_nfe(ctx)} NFE {first.settings()}, later rounds {later.planned_nfe(ctx)} NFE "
+            f"{later.settings()}, at most {b.max_rounds} rounds; stop at "
+            + " and ".join(
+                f"{k} >= {v:g}"
+                for k, v in (("reward", b.target_reward), ("held-out", b.target_held_out))
+                if v is not None
+            )
+        )
+    return lines
