@@ -41,7 +41,11 @@ def run(
 ) -> dict[str, list[float]]:
     """One run of RBF over `prompts` ((id, text) pairs); per prompt (in the given order): reward, accuracy, NFE
     actually spent, rounds."""
-    name = f"s{seed}-n{nfe}-" + ("per-prompt" if budget is None else f"dataset-{budget['mean_nfe']:g}")
+    name = f"s{seed}-n{nfe}-per-prompt"
+    if budget is not None:
+        name = f"s{seed}-dataset-" + "-".join(
+            f"{budget[k]:g}" for k in ("mean_nfe", "base_nfe", "round_nfe", "max_rounds")
+        )
     doc = {
         "name": name,
         "seed": seed,
