@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flowscale_ray.config import ConfigError, PromptFileConfig, StorageConfig
+from flowscale_ray.errors import first_line
 from flowscale_ray.io.storage import Redactor, open_filesystem, resolve_local, retry
 from flowscale_ray.prompts import Prompt
 
@@ -100,7 +101,7 @@ def read_prompt_file(
     except ConfigError:
         raise
     except Exception as exc:  # storage and decoding errors, reported on one line
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc, typed=False)
         raise ConfigError(WHERE, f"cannot read {name}: {redact(msg)}") from None
     if fmt != "parquet":
         if not data.strip():
@@ -196,7 +197,7 @@ def _parquet_rows(f: Any, name: str, spec: PromptFileConfig) -> Iterator[tuple[i
     try:
         table = pq.read_table(f)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ConfigError(WHERE, f"{name}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(WHERE, f"{name}: not a readable Parquet file ({first_line(exc, typed=False)})") from None
     _require_columns(table.column_names, spec, name)
     kind = table.schema.field(spec.column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):

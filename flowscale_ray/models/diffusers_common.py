@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowscale_ray.errors import first_line
 from flowscale_ray.models.base import Condition, FlowModel, cat_conditions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -213,8 +214,7 @@ def check_positive_int(field: str, value: Any) -> int:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc, typed=False)
 
 
 def load_checked(

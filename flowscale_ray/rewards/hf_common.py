@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowscale_ray.errors import first_line
 from flowscale_ray.models.diffusers_common import DTYPES, is_local_path, resolve_device
 
 
@@ -56,9 +57,7 @@ def load(loader: Any, source: str, what: str, **kwargs: Any) -> Any:
     try:
         return loader.from_pretrained(source, **kwargs)
     except Exception as exc:
-        text = str(exc).strip()
-        line = text.splitlines()[0] if text else type(exc).__name__
-        raise ValueError(f"reward.path: cannot load {what} from {source!r}: {line}") from None
+        raise ValueError(f"reward.path: cannot load {what} from {source!r}: {first_line(exc, typed=False)}") from None
 
 
 def pil_images(samples: Tensor) -> list[Any]:

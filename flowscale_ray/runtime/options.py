@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from flowscale_ray.errors import first_line
+
 if TYPE_CHECKING:
     from flowscale_ray.config import ExecutorConfig
 
@@ -47,7 +49,7 @@ def failure_cause(exc: BaseException) -> str:
     """The first line of the underlying error (an actor's __init__ exception, a task's exception)."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+        return first_line(cause)
     text = str(exc).strip().splitlines()
     for line in reversed(text):
         if "Error" in line or "error" in line:
