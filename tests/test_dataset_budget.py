@@ -208,3 +208,25 @@ def test_report_shows_the_allocation_and_the_budget_left(tmp_path):
     assert (tmp_path / "report-budget.png").stat().st_size > 1000
     section = text.split("## Dataset budget: allocation", 1)[1].split("\n\n")[1].splitlines()[2:]
     assert sum(int(line.split("|")[2]) for line in section) == 10  # every prompt, once, by why it stopped
+
+
+def test_metrics_count_the_budget_and_what_each_prompt_received(tmp_path):
+    from flowscale_ray.observe import metrics
+
+    labels = {"method": "rbf", "model": "gmm2d", "reward": "mode_log_density"}
+
+    def value(name, **extra):
+        return metrics.REGISTRY.get_sample_value(name, {**labels, **extra}) or 0.0
+
+    before = {
+        "budget": value("flowscale_budget_nfe_total"),
+        "spent": value("flowscale_budget_spent_nfe_total"),
+        "prompts": value("flowscale_prompt_nfe_count"),
+        "nfe": value("flowscale_prompt_nfe_sum"),
+    }
+    report = run_job(load_job(job(tmp_path / "m", metrics={"port": 0, "progress": "off"})))
+    got = rows(tmp_path / "m" / "dsb" / "data")
+    assert value("flowscale_budget_nfe_total") - before["budget"] == 2 * 40 * 5
+    assert value("flowscale_budget_spent_nfe_total") - before["spent"] == report.nfe  # rounds spend what they plan
+    assert value("flowscale_prompt_nfe_count") - before["prompts"] == 10
+    assert value("flowscale_prompt_nfe_sum") - before["nfe"] == sum(r["nfe"] for r in got)
