@@ -144,3 +144,39 @@ def gmm_highdim(dim: int = 64, modes: int = 4, seed: int = 0) -> GaussianMixture
     variances = 0.2 + 0.4 * torch.rand(modes, dim, generator=gen, dtype=torch.float64)
     weights = 1.0 + torch.rand(modes, generator=gen, dtype=torch.float64)
     return GaussianMixtureFlow(means, variances, weights, model_id=f"gmm_highdim{dim}")
+
+
+RARE_PLACES = ("far", "centre")
+
+
+def gmm_rare(rare: str = "far", interpolant: str = "linear", rare_weight: float = 0.02) -> GaussianMixtureFlow:
+    """A regression scenario for search methods: eight common modes on a circle of radius 4 (std 0.5) and one
+    rare mode (std 0.5, weight `rare_weight`, the last component) either far outside the ring (`rare: far`: at
+    distance 7 from the centre, half-way in angle between two common modes) or at its centre (`rare: centre`).
+
+    With a reward that targets the rare mode, early improvements are easy (moving towards the nearest common
+    mode improves the reward) and the best answer is rare: a method that commits its chains early ends on the
+    ring. `model.rare_index` is the rare mode's component index."""
+    from flowscale_ray.core.interpolants import get_interpolant
+
+    if rare not in RARE_PLACES:
+        raise ValueError(f"model.options.rare: must be one of {', '.join(RARE_PLACES)}, got {rare!r}")
+    if not 0 < rare_weight < 1:
+        raise ValueError(f"model.options.rare_weight: must be in (0, 1), got {rare_weight}")
+    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    ring = 4.0 * torch.stack([angles.cos(), angles.sin()], dim=1)
+    if rare == "far":
+        a = math.pi / 8
+        centre = torch.tensor([[7.0 * math.cos(a), 7.0 * math.sin(a)]], dtype=torch.float64)
+    else:
+        centre = torch.zeros(1, 2, dtype=torch.float64)
+    weights = torch.cat([torch.full((8,), (1 - rare_weight) / 8, dtype=torch.float64), torch.tensor([rare_weight])])
+    model = GaussianMixtureFlow(
+        means=torch.cat([ring, centre]),
+        variances=torch.full((9, 2), 0.25, dtype=torch.float64),
+        weights=weights,
+        interpolant=get_interpolant(interpolant),
+        model_id=f"gmm_rare_{rare}",
+    )
+    model.rare_index = 8  # type: ignore[attr-defined]
+    return model

@@ -19,6 +19,7 @@ ModelFactory = Callable[..., FlowModel]
 BUILTIN_MODELS: dict[str, str] = {
     "gmm2d": "flowscale_ray.models.gaussian_mixture:gmm2d",
     "gmm_highdim": "flowscale_ray.models.gaussian_mixture:gmm_highdim",
+    "gmm_rare": "flowscale_ray.models.gaussian_mixture:gmm_rare",
     "shapes": "flowscale_ray.builtin.model:load_shapes_model",
     "flux": "flowscale_ray.models.flux:load_flux",  # diffusers is imported only when one is built
     "sd3": "flowscale_ray.models.sd3:load_sd3",

@@ -63,3 +63,63 @@ class NegativeDistance(Reward):
     def __call__(self, samples: Tensor, prompts: Sequence[Prompt]) -> Tensor:
         x = samples.to(torch.float64).reshape(samples.shape[0], -1)
         return -(x - self.target).norm(dim=-1)
+
+
+def _mixture(model: str, model_options: dict | None):
+    from flowscale_ray.models.registry import build_model
+
+    gmm = build_model(model, model_options)
+    if not hasattr(gmm, "log_density") or not hasattr(gmm, "means"):
+        raise ValueError(f"reward.options.model: {model!r} is not an analytic Gaussian-mixture model")
+    return gmm
+
+
+class NegativeSquaredDistance(Reward):
+    """r(x) = -||x - target||^2. The target is `target`, or a mode of an analytic Gaussian-mixture model
+    (`model`, `model_options`; `mode` defaults to the model's rare mode where it has one, e.g. `gmm_rare`)."""
+
+    name = "negative_squared_distance"
+
+    def __init__(
+        self,
+        target: Sequence[float] | None = None,
+        model: str | None = None,
+        model_options: dict | None = None,
+        mode: int | None = None,
+    ) -> None:
+        if target is not None:
+            if model is not None or mode is not None:
+                raise ValueError("reward.options: give either target or model (and mode), not both")
+            self.target = torch.tensor(target, dtype=torch.float64)
+            return
+        if model is None:
+            raise ValueError("reward.options: target or model is required")
+        gmm = _mixture(model, model_options)
+        index = mode if mode is not None else getattr(gmm, "rare_index", None)
+        if index is None:
+            raise ValueError(f"reward.options.mode: required, {model!r} has no rare mode")
+        if not 0 <= index < gmm.means.shape[0]:
+            raise ValueError(f"reward.options.mode: must be in 0..{gmm.means.shape[0] - 1}, got {index}")
+        self.target = gmm.means[index].clone()
+
+    def __call__(self, samples: Tensor, prompts: Sequence[Prompt]) -> Tensor:
+        x = samples.to(torch.float64).reshape(samples.shape[0], -1)
+        return -((x - self.target) ** 2).sum(-1)
+
+
+class DataLogDensity(Reward):
+    """The exact data log-density log p0(x) of an analytic Gaussian-mixture model: a held-out score that
+    is not the reward being optimised (a sample pushed off the data manifold to please the reward scores
+    low here)."""
+
+    name = "data_log_density"
+
+    def __init__(self, model: str = "gmm2d", model_options: dict | None = None) -> None:
+        from flowscale_ray.core.interpolants import LinearInterpolant
+
+        self.model = _mixture(model, model_options)
+        self._interp = LinearInterpolant()
+
+    def __call__(self, samples: Tensor, prompts: Sequence[Prompt]) -> Tensor:
+        x = samples.to(torch.float64).reshape(samples.shape[0], -1)
+        return self.model.log_density(self._interp, x, torch.zeros(x.shape[0], dtype=torch.float64))

@@ -20,6 +20,8 @@ BUILTIN_REWARDS: dict[str, str] = {
     "aesthetic": "flowscale_ray.rewards.aesthetic:AestheticReward",
     "mode_log_density": "flowscale_ray.rewards.analytic:ModeLogDensity",
     "negative_distance": "flowscale_ray.rewards.analytic:NegativeDistance",
+    "negative_squared_distance": "flowscale_ray.rewards.analytic:NegativeSquaredDistance",
+    "data_log_density": "flowscale_ray.rewards.analytic:DataLogDensity",
     "clip_score": "flowscale_ray.rewards.clip:ClipScore",
     "weighted_sum": "flowscale_ray.rewards.combine:WeightedSum",
     "object_count": "flowscale_ray.rewards.detection:ObjectCountReward",

@@ -23,6 +23,8 @@ BUILTIN_METHODS: dict[str, str] = {
     "rbf": "flowscale_ray.search.rbf:RolloverBudgetForcing",
     "sop": "flowscale_ray.search.search_over_paths:SearchOverPaths",
     "smc": "flowscale_ray.search.smc:SMC",
+    "abf": "flowscale_ray.search.adaptive_rbf:AdaptiveBudgetForcing",
+    "vt": "flowscale_ray.search.verifier_threshold:VerifierThreshold",
 }
 
 
