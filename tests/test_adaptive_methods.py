@@ -81,7 +81,7 @@ def test_reported_nfe_equals_spent_and_planned(method, steps):
 @pytest.mark.parametrize("budget", [19, 20, 37, 100, 333])
 @pytest.mark.parametrize("n_chains", [1, 2, 5])
 def test_whole_budget_is_spent_or_refused(name, budget, n_chains):
-    method = METHODS[name](METHODS[name].Config(n_chains=n_chains, nfe_budget=budget))
+    method = METHODS[name](METHODS[name].Config(n_chains=n_chains, nfe_budget=budget, chain_nfe=0))
     if budget < n_chains * 10:
         with pytest.raises(ValueError, match="nfe_budget"):
             method.planned_nfe(SearchContext(grid=GRID))

@@ -75,7 +75,7 @@ class ABFConfig:
     explore: float = 0.5  # fraction of the interval's quota drawn before accepting (0: RBF)
     margin: float = 0.0  # accept only r > r* + margin (0: RBF's strict improvement)
     rollover: str = "spread"  # next (RBF) | spread
-    chain_nfe: int = 0  # > 0: one chain per chain_nfe of budget, between 1 and n_chains (0: n_chains)
+    chain_nfe: int = 200  # > 0: one chain per chain_nfe of budget, between 1 and n_chains (0: n_chains)
 
     def __post_init__(self) -> None:
         check_budget_settings(self.n_chains, self.nfe_budget, self.seed_candidates, self.rollover)

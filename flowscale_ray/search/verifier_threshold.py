@@ -41,7 +41,7 @@ class VTConfig:
     calibrate: float = 0.25  # relative: fraction of the interval's quota drawn to set the threshold
     quantile: float = 1.0  # relative: the threshold is this quantile of the calibration scores
     rollover: str = "spread"  # next | spread
-    chain_nfe: int = 0  # > 0: one chain per chain_nfe of budget, between 1 and n_chains (0: n_chains)
+    chain_nfe: int = 200  # > 0: one chain per chain_nfe of budget, between 1 and n_chains (0: n_chains)
 
     def __post_init__(self) -> None:
         check_budget_settings(self.n_chains, self.nfe_budget, self.seed_candidates, self.rollover)
