@@ -100,6 +100,15 @@ def _error(message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_console()
+    try:
+        return _main(args)
+    except BrokenPipeError:  # `flowscale inspect RUN | head -1`: the reader is gone, which is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
+        return 0
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.command == "methods":
         from flowscale_ray.search import METHODS
 

@@ -102,7 +102,8 @@ class _Invalid(ValueError):
 
 # -- how sections are declared --------------------------------------------------------------------------------
 
-_SECTION = ConfigDict(strict=True, extra="forbid", defer_build=True)
+_SECTION = ConfigDict(strict=True, extra="forbid", defer_build=True, allow_inf_nan=False)
+MAX_NFE_PER_PROMPT = 10**9  # a method planning more per prompt is a typo (and would never finish)
 
 
 class _Mapping:
@@ -548,7 +549,7 @@ class JobConfig(_Mapping):
     runs (executor) and where the rows go (output, storage); `metrics` for live observability."""
 
     name: str = Field(default="job", description="run name; the run id (output folder) unless output.run_id is set")
-    seed: int = Field(default=0, description="run seed; a prompt's own seed overrides it")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="run seed; a prompt's own seed overrides it")
     model: ComponentConfig = Field(description="the flow model, e.g. {name: flux, options: {path: ...}}")
     sampler: Sampler = Field(default_factory=SamplerSpec, description="how particles move (core.dynamics)")
     method: MethodConfig = Field(description="the search method and its settings, e.g. {name: rbf, nfe_budget: 500}")
@@ -580,7 +581,9 @@ class JobConfig(_Mapping):
         ctx = SearchContext(grid=self.sampler.grid_times())
         try:  # the method's settings must fit the sampler's grid (e.g. an NFE budget for its steps)
             method = self.method.build()
-            method.planned_nfe(ctx)
+            planned = method.planned_nfe(ctx)
+            if planned > MAX_NFE_PER_PROMPT:
+                raise ValueError(f"plans {planned} NFE per prompt; at most {MAX_NFE_PER_PROMPT} are allowed")
         except ValueError as exc:
             error = anchored("method", str(exc))
             raise _Invalid(error.message, error.where) from None
@@ -645,20 +648,92 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def read_job_file(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
-    """Read, override and validate a job file. Raises ConfigError with a one-line message."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("", f"{path}: no such job file")
+MAX_YAML_VALUES = 1_000_000  # values of a job file once its aliases are expanded
+
+
+class _JobLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+
+def _unique_mapping(loader: _JobLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given at line {seen[key]})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line + 1
+        except TypeError:  # an unhashable key: the safe loader reports it itself
+            continue
+    return loader.construct_mapping(node, deep=deep)
+
+
+_JobLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _check_expanded_size(data: Any, source: str) -> None:
+    """Refuse a document that expands to more than MAX_YAML_VALUES values (an alias bomb, a recursive alias)
+    before anything walks it."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(
+                "",
+                f"{source}: more than {MAX_YAML_VALUES} values once YAML aliases are expanded (recursive or "
+                "nested aliases?); write the values out",
+            )
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """A YAML document as Python values: one-line ConfigErrors for bad YAML, duplicate keys and alias bombs."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(text, Loader=_JobLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "malformed YAML"
-        raise ConfigError("", f"{path}: invalid YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError("", f"{path}: not UTF-8 text") from None
+        raise ConfigError("", f"{source}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError("", f"{source}: nested too deeply") from None
+    _check_expanded_size(data, source)
+    return data
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A text file's content, with one-line ConfigErrors for a missing file, a directory or a device, and for
+    bytes that are not UTF-8 (with their line and column)."""
+    if not path.exists():
+        raise ConfigError("", f"{path}: no such {what}")
+    if path.is_dir():
+        raise ConfigError("", f"{path}: is a directory, not a {what}")
+    if not path.is_file():
+        raise ConfigError("", f"{path}: is not a regular file (a pipe or a device?); give a {what}")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            "", f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} at line {line}, column {column})"
+        ) from None
+
+
+def read_job_file(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read, override and validate a job file. Raises ConfigError with a one-line message."""
+    path = Path(path)
+    data = load_yaml(read_text_file(path, "job file"), str(path))
     if data is None:
         raise ConfigError("", f"{path}: empty job file")
     if not isinstance(data, dict):
@@ -726,6 +801,8 @@ def _one_error(error: Any, root: Any) -> ConfigError:
         bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound  # 'must be > 0', as written
         nullable = " or null" if _allows_none(annotation) else ""
         return ConfigError(where, f"must be {_BOUNDS[kind]} {bound}{nullable}, got {value}")
+    if kind == "finite_number":
+        return ConfigError(where, f"must be a finite number, got {value}")
     if kind in ("dataclass_type", "dataclass_exact_type"):
         return ConfigError(where, f"expected a mapping, got {type(value).__name__} {value!r}")
     if error["loc"][-1:] == ("[key]",):

@@ -43,6 +43,9 @@ SAMPLER_PRESETS: dict[str, dict[str, object]] = {
 }
 
 
+MAX_STEPS = 10_000  # a grid of more steps is a typo, not a sampler (and would take minutes to build)
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """How particles move. Defaults are the paper's: VP-SDE, g = 3 s^2, 10 steps on the sqrt grid."""
@@ -67,12 +70,12 @@ class SamplerSpec:
             raise ValueError(f"sampler.grid: unknown {self.grid!r}; allowed: {', '.join(TIME_GRIDS)}")
         if self.final_step not in FINAL_STEPS:
             raise ValueError(f"sampler.final_step: unknown {self.final_step!r}; allowed: {', '.join(FINAL_STEPS)}")
-        if self.steps < 2:
-            raise ValueError(f"sampler.steps: must be >= 2, got {self.steps}")
+        if not 2 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"sampler.steps: must be 2 to {MAX_STEPS}, got {self.steps}")
         if not (isinstance(self.shift, int | float) and 0 < self.shift < float("inf")):
             raise ValueError(f"sampler.shift: must be a finite number > 0, got {self.shift!r}")
-        if self.diffusion_norm < 0:
-            raise ValueError(f"sampler.diffusion_norm: must be >= 0, got {self.diffusion_norm}")
+        if not 0 <= self.diffusion_norm < float("inf"):
+            raise ValueError(f"sampler.diffusion_norm: must be a finite number >= 0, got {self.diffusion_norm}")
 
     @property
     def label(self) -> str:

@@ -26,6 +26,7 @@ from flowscale_ray.prompts import Prompt
 from flowscale_ray.run.identity import describe_job, versions
 
 log = get_logger(__name__)
+_UNUSABLE = (FileNotFoundError, PermissionError, NotADirectoryError, FileExistsError)  # an output folder we cannot use
 
 
 class RunOutput:
@@ -74,7 +75,12 @@ class RunOutput:
         try:
             if not self.writer.check():
                 return None
-        except (FileNotFoundError, PermissionError) as exc:  # no such bucket, access denied: before any work
+        except (
+            FileNotFoundError,
+            PermissionError,
+            NotADirectoryError,
+            FileExistsError,
+        ) as exc:  # no such bucket, access denied: before any work
             raise ConfigError("output.dir", f"cannot use {self.uri}: {self.redact(first_line(exc))}") from None
         return self.writer.completed_manifest()
 
@@ -101,7 +107,7 @@ class RunOutput:
         """Start or resume the run; returns the indexes of the prompts still to run (in shard order)."""
         try:
             self.writer.begin()
-        except (FileNotFoundError, PermissionError) as exc:
+        except _UNUSABLE as exc:
             raise ConfigError("output.dir", f"cannot use {self.uri}: {self.redact(first_line(exc))}") from None
         self._info = RunInfo.for_job(self.job, self.writer.config_hash, model_id, settings)
         self._assembler = ShardAssembler(self.writer, on_commit=self._committed)
