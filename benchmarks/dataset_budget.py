@@ -102,8 +102,16 @@ def study(
             )
         )
     data: dict[str, Any] = {"prompts": [t for _, t in prompts], "seeds": seeds, "block": block, "runs": {}}
+    saved = RESULTS / f"{name}.json"
+    if saved.exists():  # settings already measured on the same prompts and seeds are kept, not rerun
+        old = json.loads(saved.read_text())
+        if old.get("prompts") == data["prompts"] and old.get("seeds") == seeds and old.get("block") == block:
+            data["runs"] = old["runs"]
     try:
         for label, nfe, budget in settings:
+            if label in data["runs"]:
+                print(f"{label}: kept from {saved.name}", flush=True)
+                continue
             started = time.perf_counter()
             runs = {s: run(prompts, s, nfe, budget, block, out) for s in seeds}
             data["runs"][label] = {"budget": budget, "nfe": nfe, "per_seed": runs}
@@ -136,6 +144,32 @@ def table(data: dict[str, Any], baseline: str) -> str:
             dm, dse = mean_se(d)
             diff = f"{dm:+.3f} ± {dse:.3f} (better on {int((d > 0).sum())}, worse on {int((d < 0).sum())})"
         md.append(f"| {label} | {nfe:.0f} | {am:.3f} ± {ase:.3f} | {rm:.3f} ± {rse:.3f} | {rounds:.2f} | {diff} |")
+    # Each dataset row against the per-prompt rows at its mean and at twice its mean, paired by prompt.
+    per_prompt = {e["nfe"]: lbl for lbl, e in runs.items() if e["budget"] is None}
+    pairs = []
+    for label, entry in runs.items():
+        if entry["budget"] is None:
+            continue
+        mean = entry["budget"]["mean_nfe"]
+        for factor in (1, 2):
+            other = per_prompt.get(int(mean * factor))
+            if other is None:
+                continue
+            mine = {int(s): v for s, v in entry["per_seed"].items()}
+            theirs = {int(s): v for s, v in runs[other]["per_seed"].items()}
+            d = per_prompt_mean(mine, "accuracy") - per_prompt_mean(theirs, "accuracy")
+            dm, dse = mean_se(d)
+            z = dm / dse if dse > 0 else float("inf") if dm > 0 else 0.0
+            pairs.append(
+                f"| {label} | {other} | {dm:+.3f} ± {dse:.3f} | {z:.1f} | {int((d > 0).sum())} / {int((d < 0).sum())} |"
+            )
+    if pairs:
+        md += [
+            "",
+            "| dataset budget | per prompt | accuracy difference (paired) | in SE | prompts better / worse |",
+            "|---|---|---|---|---|",
+            *pairs,
+        ]
     return "\n".join(md)
 
 
