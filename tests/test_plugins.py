@@ -238,7 +238,7 @@ def test_register_in_process_and_module_attribute_names(monkeypatch):
     try:
         assert build_model("tiny_test_model").model_id == "gmm2d"
         assert build_reward("tiny_test_reward").name == "tiny_reward"
-        assert METHODS["tiny_test_method"] is Tiny and list(METHODS)[7] == "tiny_test_method"
+        assert METHODS["tiny_test_method"] is Tiny and list(METHODS)[9] == "tiny_test_method"
         assert MODELS.source("tiny_test_model") == "registered"
     finally:
         MODELS.unregister("tiny_test_model")

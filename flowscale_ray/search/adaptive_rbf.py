@@ -16,8 +16,14 @@ and changes what makes a chain move on:
   margin      accept only an improvement over r* by more than `margin` (reward units; 0: RBF's strict `>`)
   rollover    `next` (RBF): the unused quota goes to the next interval; `spread`: it is spread evenly over
               all the remaining intervals, so savings are not dumped on the last one
+  chain_nfe   one chain per chain_nfe of budget, between 1 and n_chains (0: always n_chains); at 100 NFE
+              one chain with ~10 candidates per interval beat two with ~5 on the mixture scenarios
 
-With `explore: 0, margin: 0, rollover: next` every decision is RBF's (tests replay both request by request).
+Defaults (explore 0.5, margin 0, spread, n_chains 4, chain_nfe 200) were chosen on the mixture scenarios'
+tuning searches (benchmarks/adaptive_study.py tune); docs/adaptive.md has the figures.
+
+With `explore: 0, margin: 0, rollover: next, chain_nfe: 0` every decision is RBF's (tests replay both
+request by request).
 
 Budget: exactly `nfe_budget`, split as in RBF: N x seed_candidates NFE for the starting states, the rest
 evenly over the chains, each chain's share evenly over the M-1 intervals with remainders to the last.
