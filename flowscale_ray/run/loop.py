@@ -74,8 +74,8 @@ def _run(
     todo = output.begin(executor.model_id, method.settings())
     planned = method.planned_nfe(executor.context)
     spend = f"{planned} NFE/prompt"
-    if job.budget.mode == "dataset" and job.budget.mean_nfe is not None:
-        b = job.budget
+    b = job.budget
+    if b.mode == "dataset" and b.mean_nfe is not None:
         planned = int(b.mean_nfe)  # per prompt on average: what the progress display's ETA uses
         spend = f"dataset budget: {b.mean_nfe:g} NFE/prompt on average, rounds of {b.base_nfe}, then {b.per_round}"
     resumed = output.resumed_shards
