@@ -181,18 +181,22 @@ def plot() -> None:
 
     data = json.loads((RESULTS / "dataset_budget_eval.json").read_text())
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for kind, marker in (("per-prompt", "o-"), ("dataset", "s-")):
-        points = []
-        for label, entry in data["runs"].items():
-            if not label.startswith(kind):
-                continue
-            per_seed = {int(s): v for s, v in entry["per_seed"].items()}
-            acc = per_prompt_mean(per_seed, "accuracy")
-            nominal = entry["budget"]["mean_nfe"] if entry["budget"] else entry["nfe"]
-            points.append((nominal, *mean_se(acc)))
+    families: dict[str, list[tuple[float, float, float]]] = {}
+    for entry in data["runs"].values():
+        per_seed = {int(s): v for s, v in entry["per_seed"].items()}
+        acc = per_prompt_mean(per_seed, "accuracy")
+        budget = entry["budget"]
+        if budget is None:
+            family, nominal = "per-prompt budget", entry["nfe"]
+        else:
+            half = budget["base_nfe"] * 2 == budget["mean_nfe"]
+            family = "dataset budget, rounds of " + ("half the mean" if half else f"{budget['base_nfe']} NFE")
+            nominal = budget["mean_nfe"]
+        families.setdefault(family, []).append((nominal, *mean_se(acc)))
+    for i, (family, points) in enumerate(sorted(families.items(), key=lambda kv: kv[0] != "per-prompt budget")):
         points.sort()
         xs, ms, ses = zip(*points, strict=True)
-        ax.errorbar(xs, ms, yerr=ses, fmt=marker, capsize=3, label=f"{kind} allocation")
+        ax.errorbar(xs, ms, yerr=ses, fmt="o-" if i == 0 else "s-", capsize=3, label=family)
     ax.set_xscale("log")
     ax.set_xlabel("mean NFE per prompt (budget)")
     ax.set_ylabel("accuracy (exact counts)")
@@ -215,13 +219,15 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--per-prompt", type=int, nargs="+", default=None, help="per-prompt NFE budgets")
     ap.add_argument("--baseline", default=None, help="the row differences are paired against")
+    ap.add_argument("--name", default=None, help="results file name (default dataset_budget_<stage>)")
+    ap.add_argument("--first-prompt", type=int, default=0, help="skip this many prompts of the set")
     args = ap.parse_args()
     if args.stage == "plot":
         plot()
         return
     if args.stage == "tune":
-        texts = tuning_prompts(args.prompts or 24)
-        prompts = [(f"tune-{i:03d}", t) for i, t in enumerate(texts)]
+        texts = tuning_prompts(args.first_prompt + (args.prompts or 24))[args.first_prompt :]
+        prompts = [(f"tune-{i + args.first_prompt:03d}", t) for i, t in enumerate(texts)]
         seeds = args.seeds or [0, 1]
         dataset = args.dataset or [
             "100:10:10:8",
@@ -244,7 +250,7 @@ def main() -> None:
         m, b, r, *k = d.split(":")
         parsed.append((float(m), int(b), int(r), int(k[0]) if k else 8))
     baseline = args.baseline or f"per-prompt {per_prompt[0]}"
-    study(f"dataset_budget_{args.stage}", prompts, seeds, per_prompt, parsed, args.block, baseline)
+    study(args.name or f"dataset_budget_{args.stage}", prompts, seeds, per_prompt, parsed, args.block, baseline)
 
 
 if __name__ == "__main__":
