@@ -170,8 +170,10 @@ def test_a_dataset_budget_run_spends_at_most_its_budget_and_records_the_allocati
     for r in got:
         if r["rounds"] == 1:
             assert r["reward"] == plain[r["prompt_id"]]["reward"] and r["lineage"] == plain[r["prompt_id"]]["lineage"]
+            assert r["verifier_calls"] == plain[r["prompt_id"]]["verifier_calls"]
         else:
             assert r["reward"] >= plain[r["prompt_id"]]["reward"]  # the best over rounds includes round 0
+            assert r["verifier_calls"] > plain[r["prompt_id"]]["verifier_calls"]  # every round's calls are summed
 
 
 def test_rows_do_not_depend_on_prompts_in_flight_or_on_resuming(tmp_path):

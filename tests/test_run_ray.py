@@ -38,6 +38,6 @@ def test_a_prompt_whose_search_raises_gets_a_failed_row_on_ray(tmp_path, local_r
     assert [r["status"] for r in ray_rows] == ["failed", "ok", "ok", "ok", "ok"]  # bad, five, four, one, two
     assert ray_rows[0]["prompt_id"] == "bad" and "boom" in ray_rows[0]["error"]
     assert ray_report.failed == local_report.failed == 1
-    same = ("prompt_id", "status", "reward", "held_out", "nfe", "lineage", "image")
+    same = ("prompt_id", "status", "reward", "held_out", "nfe", "verifier_calls", "lineage", "image")
     for a, b in zip(ray_rows, local_rows, strict=True):
         assert {k: a[k] for k in same} == {k: b[k] for k in same}

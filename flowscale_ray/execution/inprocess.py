@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 import torch
 
 from flowscale_ray.execution.engine import Evaluated, ParticleEngine
-from flowscale_ray.execution.tasks import SearchTask, TaskResult, build_result, decision_seed, selected_pids
+from flowscale_ray.execution.tasks import (
+    SearchTask,
+    TaskResult,
+    build_result,
+    decision_seed,
+    selected_pids,
+    verifier_calls_of,
+)
 from flowscale_ray.observe.recorder import NULL_RECORDER, CallStats, Recorder
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards.base import Reward, as_reward_tensor
@@ -37,6 +44,7 @@ class _Running:
     batch: Batch
     started: float
     nfe: int = 0
+    verifier_calls: int = 0
     lineage: dict[int, Init | Expand] = field(default_factory=dict)
     rewards: dict[int, float] = field(default_factory=dict)  # last search reward per particle
 
@@ -127,6 +135,7 @@ class InProcessExecutor:
         requests: list[Init | Expand] = [*run.batch.inits, *run.batch.expands]
         for req in requests:
             run.lineage[req.pid] = req
+        run.verifier_calls += verifier_calls_of(requests)
         scored = [o for o in outputs if o.preview is not None]
         started = time.perf_counter()
         rewards = score(self.reward, [o.preview for o in scored], [run.task.prompt] * len(scored))  # type: ignore[misc]
@@ -148,5 +157,16 @@ class InProcessExecutor:
         helds = score(self.held_out, list(images), prompts) if self.held_out is not None else None
         self.engine.close_task(run.key)
         return build_result(
-            run.task, outcome, pids, samples, images, rewards, helds, run.lineage, run.rewards, run.nfe, run.started
+            run.task,
+            outcome,
+            pids,
+            samples,
+            images,
+            rewards,
+            helds,
+            run.lineage,
+            run.rewards,
+            run.nfe,
+            run.started,
+            run.verifier_calls,
         )

@@ -60,6 +60,7 @@ class TaskResult:
     nfe: int  # velocity evaluations counted by the executor
     seconds: float
     seed: int | None = None  # the effective seed its noise derives from (replaying a lineage needs it)
+    verifier_calls: int = 0  # reward evaluations: every scored candidate of the search, plus the final scores
 
     def __post_init__(self) -> None:
         if not self.selected:
@@ -128,6 +129,11 @@ def lineage_of(lineage: Mapping[int, Init | Expand], pid: int) -> tuple[Init | E
         pid = req.parent
 
 
+def verifier_calls_of(requests: Iterable[Init | Expand]) -> int:
+    """How many of a batch's requests the reward scores (verifier calls)."""
+    return sum(1 for req in requests if req.score)
+
+
 def selected_pids(outcome: SearchOutcome, top_k: int) -> list[int]:
     """The best first, then the next of `selected` up to top_k (the best alone when top_k is 1)."""
     return [outcome.best, *[p for p in outcome.selected if p != outcome.best][: top_k - 1]]
@@ -145,6 +151,7 @@ def build_result(
     search_rewards: Mapping[int, float],
     nfe: int,
     started: float,
+    verifier_calls: int = 0,
 ) -> TaskResult:
     """A TaskResult for finalized particles `pids` (the best first); shared by every executor."""
     selected = tuple(
@@ -166,4 +173,5 @@ def build_result(
         nfe=nfe,
         seconds=time.perf_counter() - started,
         seed=task.effective_seed,
+        verifier_calls=verifier_calls + len(pids),  # the final samples are scored once each
     )

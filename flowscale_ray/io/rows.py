@@ -133,6 +133,7 @@ def rows_for_result(
             search_reward=s.search_reward,
             held_out=s.held_out,
             nfe=result.nfe,
+            verifier_calls=result.verifier_calls,
             rounds=rounds,
             budget_stop=budget_stop,
             lineage=encode_lineage(s.lineage),

@@ -85,6 +85,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("held_out_name", pa.string(), "held-out reward name (null when none)"),
     ("held_out", pa.float64(), "held-out reward of the final sample (never optimised)"),
     ("nfe", pa.int64(), "velocity evaluations the prompt's search spent (all its rounds)"),
+    ("verifier_calls", pa.int64(), "reward evaluations the prompt's search made (scored candidates, final scores)"),
     ("rounds", pa.int32(), "search rounds the prompt received (1 without a dataset budget)"),
     (
         "budget_stop",

@@ -166,6 +166,10 @@ PROMPTS_STOPPED = Counter(
     "flowscale_budget_prompts_stopped", "Prompts done under a dataset budget, by why they got no more rounds",
     (*RUN, "reason"), registry=REGISTRY,
 )  # fmt: skip
+VERIFIER_CALLS = Counter(
+    "flowscale_verifier_calls", "Reward evaluations of finished prompts (scored candidates, final scores)", RUN,
+    registry=REGISTRY,
+)  # fmt: skip
 BUDGET_NFE = Counter("flowscale_budget_nfe", "Dataset budget NFE of the blocks started", RUN, registry=REGISTRY)
 BUDGET_SPENT = Counter(
     "flowscale_budget_spent_nfe", "Dataset budget NFE charged to rounds (planned NFE)", RUN, registry=REGISTRY

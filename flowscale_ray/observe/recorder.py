@@ -112,6 +112,7 @@ class Totals:
     rows: int = 0
     bytes: int = 0
     retries: int = 0
+    verifier_calls: int = 0  # reward evaluations of the finished prompts
     budget_nfe: int = 0  # dataset budget of the blocks started
     budget_spent: int = 0  # ... charged to rounds so far
 
@@ -209,6 +210,7 @@ class RunRecorder(Recorder):
         """`result` is a TaskResult: its outcome's StepRecords carry the method's own figures."""
         t = self.totals
         t.finished += 1
+        t.verifier_calls += int(getattr(result, "verifier_calls", 0))
         reward = float(result.reward)
         if not math.isnan(reward):
             t.best_reward = max(t.best_reward, reward)
@@ -218,6 +220,7 @@ class RunRecorder(Recorder):
             m.PROMPTS_FINISHED.labels(**lab).inc()
             m.PROMPTS_IN_FLIGHT.labels(**lab).dec()
             m.PROMPT_SECONDS.labels(**lab).observe(result.seconds)
+            m.VERIFIER_CALLS.labels(**lab).inc(int(getattr(result, "verifier_calls", 0)))
             if not math.isnan(reward):
                 m.BEST_REWARD.labels(**lab).observe(reward)
                 m.LAST_BEST_REWARD.labels(**lab).set(reward)

@@ -38,6 +38,7 @@ class PromptProgress:
     index: int
     best: TaskResult | None = None
     nfe: int = 0  # spent, as counted by the executor
+    verifier_calls: int = 0
     seconds: float = 0.0
     rounds: int = 0
     stop: str | None = None
@@ -47,7 +48,7 @@ class PromptProgress:
         """The best result over all rounds, carrying the NFE and seconds of all of them."""
         if self.best is None:
             raise RuntimeError(f"prompt {self.index} has no result")
-        return dataclasses.replace(self.best, nfe=self.nfe, seconds=self.seconds)
+        return dataclasses.replace(self.best, nfe=self.nfe, seconds=self.seconds, verifier_calls=self.verifier_calls)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ class BlockBudget:
             p.stop = STOP_FAILED
             return
         p.nfe += outcome.nfe
+        p.verifier_calls += outcome.verifier_calls
         p.seconds += outcome.seconds
         if better(outcome, p.best):
             p.best = outcome

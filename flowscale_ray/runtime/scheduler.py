@@ -40,7 +40,15 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from flowscale_ray.execution.tasks import SearchTask, TaskResult, build_result, decision_seed, lineage_of, selected_pids
+from flowscale_ray.execution.tasks import (
+    SearchTask,
+    TaskResult,
+    build_result,
+    decision_seed,
+    lineage_of,
+    selected_pids,
+    verifier_calls_of,
+)
 from flowscale_ray.observe.recorder import CALL_STATS, CallStats
 from flowscale_ray.runtime.calls import Call, FinalizeCall, Queued, ScoreCall, ScoreFinalCall, StepCall
 from flowscale_ray.runtime.messages import ParticleResult
@@ -69,6 +77,7 @@ class Search:
     scoring: int = 0  # outstanding reward-actor calls for the current batch
     results: dict[int, ParticleResult] = field(default_factory=dict)  # the current batch's results so far
     search_rewards: dict[int, float] = field(default_factory=dict)  # last search reward of each live particle
+    verifier_calls: int = 0  # scored candidates so far
     nfe: int = 0  # charged to the search (replays are not)
     opened_on: set[int] = field(default_factory=set)  # replicas where the task is open
     outcome: SearchOutcome | None = None  # what the method returned; set when it finishes
@@ -147,6 +156,7 @@ class Scheduler:
         batch = t.batch
         assert batch is not None
         requests: tuple[Init | Expand, ...] = (*batch.inits, *batch.expands)
+        t.verifier_calls += verifier_calls_of(requests)
         for req in requests:
             t.lineage[req.pid] = req
         plan = plan_batch(Batch(inits=batch.inits, expands=batch.expands), t.holders, loads, self.ex.slack)
@@ -333,6 +343,7 @@ class Scheduler:
             t.search_rewards,
             t.nfe,
             t.started,
+            t.verifier_calls,
         )
 
     def deadlines_passed(self) -> None:
