@@ -125,3 +125,22 @@ def test_the_cases_are_what_they_say():
         if name.startswith(("duplicate", "alias-bomb")):
             continue
         assert isinstance(yaml.safe_load(text), dict), name
+
+
+PROMPT_FILES = [
+    ("surrogate-text", '{"prompt": "a \\ud800 b"}\n', "prompts.jsonl line 1: the prompt holds a lone surrogate"),
+    ("surrogate-id", '{"prompt": "a", "id": "x\\udc00"}\n', "line 1: the prompt id holds a lone surrogate"),
+    ("nan-metadata", '{"prompt": "a"}\n{"prompt": "b", "w": NaN}\n', "line 2: metadata 'w': holds nan"),
+    ("seed-huge", '{"prompt": "a", "seed": 1180591620717411303424}\n', "line 1: seed must be < 2**63"),
+]
+
+
+@pytest.mark.parametrize("content, words", [c[1:] for c in PROMPT_FILES], ids=[c[0] for c in PROMPT_FILES])
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_prompts_that_cannot_be_written_are_refused_up_front(tmp_path, command, content, words):
+    (tmp_path / "prompts.jsonl").write_text(content)
+    (tmp_path / "job.yaml").write_text(with_lines("prompts: {file: prompts.jsonl}"))
+    proc = flowscale(command, "job.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert words in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,9 @@ def _build(
         text = text.strip()
         if not text:
             raise ConfigError(where, f"{at(n)}: empty prompt")
+        bad = _unwritable(text)
+        if bad:
+            raise ConfigError(where, f"{at(n)}: the prompt {bad}")
         pid = row.get(id_key)
         if pid is None or pid == "":
             if spec.id_column is not None:
@@ -258,6 +262,40 @@ def _build(
             seed = int(seed)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ConfigError(where, f"{at(n)}: seed must be an integer >= 0, got {seed!r}")
+        if seed is not None and seed >= 2**63:
+            raise ConfigError(where, f"{at(n)}: seed must be < 2**63 (9223372036854775808), got {seed}")
         metadata = {k: v for k, v in row.items() if k not in (spec.column, id_key, seed_key) and v is not None}
+        bad = _unwritable(pid)
+        if bad:
+            raise ConfigError(where, f"{at(n)}: the prompt id {bad}")
+        bad = _unwritable(metadata)
+        if bad:
+            raise ConfigError(where, f"{at(n)}: metadata {bad}")
         prompts.append(Prompt(id=pid, text=text, seed=seed, metadata=metadata))
     return prompts
+
+
+def _unwritable(value: Any, depth: int = 0) -> str | None:
+    """Why `value` (a prompt's text, id or metadata) cannot be written to the output's UTF-8 Parquet and JSON, or
+    None: a lone surrogate (JSON's "\\ud800" decodes to one), NaN or infinity (not JSON), nesting past 32 levels."""
+    if depth > 32:
+        return "metadata nested more than 32 levels deep"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"holds a lone surrogate ({value[exc.start]!r} at character {exc.start}), which UTF-8 cannot encode"
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"holds {value}, which JSON cannot hold"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            why = _unwritable(k, depth + 1) or _unwritable(v, depth + 1)
+            if why:
+                return f"{k!r}: {why}" if isinstance(k, str) and not _unwritable(k) else why
+    elif isinstance(value, list | tuple):
+        for v in value:
+            why = _unwritable(v, depth + 1)
+            if why:
+                return why
+    return None
