@@ -19,7 +19,7 @@ interval. Output: the chain whose final state scores highest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from flowscale_ray.search.base import SearchMethod, argmax_first, per_round, positive, rank_desc, spent
 from flowscale_ray.search.protocol import (
@@ -50,49 +50,69 @@ class RBFConfig:
 
 
 @dataclass
-class _Chain:
+class Chain:
     index: int
     state: int  # pid of the current state
     best: float  # r*, the running best reward of the chain
     budget: int  # candidates left for the whole chain
     base_quota: int
+    bonus: list[int]  # rolled-over quota per interval (rollover: spread)
     interval: int = 0
     quota: int = 0
     drawn: int = 0
     interval_best: float = float("-inf")
     interval_best_pid: int = -1
+    interval_rewards: list[float] = field(default_factory=list)
     done: bool = False
 
 
-class RolloverBudgetForcing(SearchMethod):
-    name = "rbf"
-    Config = RBFConfig
+class IntervalSearch(SearchMethod):
+    """RBF's skeleton: N chains, one candidate per chain per batch, a quota per interval with rollover, the
+    fallback to the interval's best when the quota runs out, the last interval spending what is left.
+    Subclasses decide when a chain accepts its interval's best candidate (`accepts`), where the unused quota goes
+    (`rollover`) and how many chains run (`chains`); `rbf`, `abf` and `vt` share it."""
+
+    def chains(self) -> int:
+        """Chains used: n_chains, or with `chain_nfe` one per chain_nfe of budget (between 1 and n_chains)."""
+        c = self.config
+        return c.n_chains if not c.chain_nfe else max(1, min(c.n_chains, c.nfe_budget // c.chain_nfe))
+
+    def rollover(self) -> str:
+        """Where an accepted interval's unused quota goes: `next` interval, or `spread` over all later ones."""
+        return self.config.rollover
 
     def _shares(self, ctx: SearchContext) -> list[int]:
         c = self.config
+        n_chains = self.chains()
         intervals = ctx.steps - 1
-        remaining = c.nfe_budget - c.n_chains * c.seed_candidates
+        remaining = c.nfe_budget - n_chains * c.seed_candidates
         if intervals < 1:
-            raise ValueError("rbf needs at least 2 steps")
-        if remaining < c.n_chains * intervals:
-            need = c.n_chains * (c.seed_candidates + intervals)
+            raise ValueError(f"{self.name} needs at least 2 steps")
+        if remaining < n_chains * intervals:
+            need = n_chains * (c.seed_candidates + intervals)
             raise ValueError(
-                f"nfe_budget: {c.nfe_budget} is too small for {c.n_chains} chains, {c.seed_candidates} seed "
+                f"nfe_budget: {c.nfe_budget} is too small for {n_chains} chains, {c.seed_candidates} seed "
                 f"candidates and {ctx.steps} steps; need at least {need}"
             )
-        share, extra = divmod(remaining, c.n_chains)
-        return [share + (1 if b < extra else 0) for b in range(c.n_chains)]
+        share, extra = divmod(remaining, n_chains)
+        return [share + (1 if b < extra else 0) for b in range(n_chains)]
 
     def planned_nfe(self, ctx: SearchContext) -> int:
         self._shares(ctx)
         return self.config.nfe_budget
 
     def with_budget(self, nfe: int, ctx: SearchContext) -> SearchMethod:
-        """RBF spending `nfe`, with as many of the configured chains as it pays a candidate per interval for."""
+        """This method spending `nfe`, with as many of the configured chains as it pays a start and one
+        candidate per interval for."""
         c = self.config
         per_chain = c.seed_candidates + max(1, ctx.steps - 1)
         chains = min(c.n_chains, per_round(nfe, per_chain, "chain (a start and one candidate per interval)"))
-        return RolloverBudgetForcing(replace(c, n_chains=chains, nfe_budget=nfe))
+        return type(self)(replace(c, n_chains=chains, nfe_budget=nfe))
+
+    def accepts(self, ch: Chain) -> bool:
+        """Whether the chain moves on now to its interval's best candidate as an accepted one (called after
+        each candidate of a non-final interval, `ch.drawn` >= 1)."""
+        raise NotImplementedError
 
     def search(self, ctx: SearchContext, seed: int) -> SearchGenerator:
         c = self.config
@@ -102,25 +122,26 @@ class RolloverBudgetForcing(SearchMethod):
         new_pid = PidCounter()
         seeds = [
             [Init(new_pid(), NoiseKey(b, 0, j, STREAM_INIT)) for j in range(c.seed_candidates)]
-            for b in range(c.n_chains)
+            for b in range(len(shares))
         ]
         evals = yield Batch(inits=tuple(i for per_chain in seeds for i in per_chain))
         nfe = spent(evals)
-        chains: list[_Chain] = []
+        chains: list[Chain] = []
         for b, per_chain in enumerate(seeds):
             j = argmax_first([evals[i.pid].reward for i in per_chain])
             chains.append(
-                _Chain(
+                Chain(
                     index=b,
                     state=per_chain[j].pid,
                     best=evals[per_chain[j].pid].reward,
                     budget=shares[b],
                     base_quota=shares[b] // intervals,
+                    bonus=[0] * intervals,
                 )
             )
         release = tuple(i.pid for per_chain in seeds for i in per_chain if i.pid not in {ch.state for ch in chains})
         for ch in chains:
-            self._enter_interval(ch, 0, rollover=0, intervals=intervals)
+            self._enter_interval(ch, 0, intervals=intervals)
         records: list[StepRecord] = []
         while True:
             active = [ch for ch in chains if not ch.done]
@@ -142,6 +163,7 @@ class RolloverBudgetForcing(SearchMethod):
                 reward = evals[child].reward
                 ch.drawn += 1
                 ch.budget -= 1
+                ch.interval_rewards.append(reward)
                 # Only the interval's best candidate can still be chosen: release the others at once.
                 if reward > ch.interval_best:
                     if ch.interval_best_pid >= 0 and ch.interval_best_pid != child:
@@ -150,18 +172,20 @@ class RolloverBudgetForcing(SearchMethod):
                 else:
                     release += (child,)
                 last = ch.interval == intervals - 1
-                if not last and reward > ch.best:
-                    records.append(self._record(ch, times, accepted=1, rollover=ch.quota - ch.drawn))
-                    ch.best = reward
-                    release += self._move_to(ch, child)
-                    self._enter_interval(ch, ch.interval + 1, rollover=ch.quota - ch.drawn, intervals=intervals)
+                if not last and self.accepts(ch):
+                    leftover = ch.quota - ch.drawn
+                    records.append(self._record(ch, times, accepted=1, rollover=leftover))
+                    ch.best = max(ch.best, ch.interval_best)
+                    release += self._move_to(ch, ch.interval_best_pid)
+                    self._roll_over(ch, leftover, intervals)
+                    self._enter_interval(ch, ch.interval + 1, intervals=intervals)
                 elif ch.drawn == ch.quota:
                     records.append(self._record(ch, times, accepted=0, rollover=0))
                     release += self._move_to(ch, ch.interval_best_pid)
                     if last:
                         ch.done = True
                     else:
-                        self._enter_interval(ch, ch.interval + 1, rollover=0, intervals=intervals)
+                        self._enter_interval(ch, ch.interval + 1, intervals=intervals)
         finals = [ch.state for ch in chains]
         final_rewards = [ch.interval_best for ch in chains]
         order = rank_desc(final_rewards)
@@ -173,8 +197,19 @@ class RolloverBudgetForcing(SearchMethod):
             selected=[finals[i] for i in order],
         )
 
+    def _roll_over(self, ch: Chain, leftover: int, intervals: int) -> None:
+        """Hand the unused quota of the interval just left to the later ones (the last takes what is left)."""
+        nxt = ch.interval + 1
+        if self.rollover() == "next":
+            ch.bonus[nxt] += leftover
+            return
+        later = intervals - nxt  # intervals after this one, the last included
+        each, extra = divmod(leftover, later)
+        for i in range(nxt, intervals - 1):  # the remainder goes to the nearest intervals first
+            ch.bonus[i] += each + (1 if i - nxt < extra else 0)
+
     @staticmethod
-    def _move_to(ch: _Chain, pid: int) -> tuple[int, ...]:
+    def _move_to(ch: Chain, pid: int) -> tuple[int, ...]:
         """Make pid (the interval's best candidate) the chain's state; return the old state to release."""
         assert pid == ch.interval_best_pid
         drop = (ch.state,)
@@ -182,17 +217,18 @@ class RolloverBudgetForcing(SearchMethod):
         return drop
 
     @staticmethod
-    def _enter_interval(ch: _Chain, interval: int, rollover: int, intervals: int) -> None:
+    def _enter_interval(ch: Chain, interval: int, intervals: int) -> None:
         ch.interval = interval
         ch.drawn = 0
         ch.interval_best, ch.interval_best_pid = float("-inf"), -1
+        ch.interval_rewards = []
         if interval == intervals - 1:
             ch.quota = ch.budget  # last interval: everything that is left
         else:
-            ch.quota = ch.base_quota + rollover
+            ch.quota = ch.base_quota + ch.bonus[interval]
 
     @staticmethod
-    def _record(ch: _Chain, times: tuple[float, ...], accepted: int, rollover: int) -> StepRecord:
+    def _record(ch: Chain, times: tuple[float, ...], accepted: int, rollover: int) -> StepRecord:
         return StepRecord(
             step=ch.interval + 1,
             s=times[ch.interval + 1],
@@ -203,3 +239,20 @@ class RolloverBudgetForcing(SearchMethod):
             rollover=rollover,
             extra={"chain": ch.index, "quota": ch.quota},
         )
+
+
+class RolloverBudgetForcing(IntervalSearch):
+    """The paper's Algorithm 2: a chain accepts the first candidate that strictly beats its running best r*
+    (that candidate is the interval's best then), and the unused quota goes to the next interval."""
+
+    name = "rbf"
+    Config = RBFConfig
+
+    def chains(self) -> int:
+        return self.config.n_chains
+
+    def rollover(self) -> str:
+        return "next"
+
+    def accepts(self, ch: Chain) -> bool:
+        return ch.interval_best > ch.best

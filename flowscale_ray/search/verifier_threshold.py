@@ -1,7 +1,7 @@
 """Verifier-Threshold (`vt`): a chain advances a denoising step only when the verifier's score clears a threshold.
 
 From the one-line description of arXiv 2512.08985 (its text was not available to us; docs/adaptive.md says what
-is ours). N chains, one candidate per chain per batch, on RBF's skeleton (`adaptive_rbf.IntervalSearch`): each
+is ours). N chains, one candidate per chain per batch, on RBF's skeleton (`rbf.IntervalSearch`): each
 interval has a quota; a chain draws candidates until one clears the interval's threshold, then moves to the
 interval's best candidate and hands the unused quota on; when the quota runs out it moves to the interval's
 best anyway. The last interval spends what is left and keeps its best.
@@ -23,13 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from flowscale_ray.search.adaptive_rbf import (
-    Chain,
-    IntervalSearch,
-    check_budget_settings,
-    check_chain_nfe,
-    check_fraction,
-)
+from flowscale_ray.search.adaptive_rbf import check_budget_settings, check_chain_nfe, check_fraction
+from flowscale_ray.search.rbf import Chain, IntervalSearch
 
 
 @dataclass(frozen=True)
