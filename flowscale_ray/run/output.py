@@ -13,7 +13,7 @@ Behind it: the sharded Parquet writer (flowscale_ray.io.writer), the row builder
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from flowscale_ray.config import ConfigError, JobConfig
 from flowscale_ray.errors import first_line
@@ -26,6 +26,7 @@ from flowscale_ray.prompts import Prompt
 from flowscale_ray.run.identity import describe_job, versions
 
 log = get_logger(__name__)
+_T = TypeVar("_T")
 _UNUSABLE = (FileNotFoundError, PermissionError, NotADirectoryError, FileExistsError)  # an output folder we cannot use
 
 
@@ -72,23 +73,13 @@ class RunOutput:
     def existing(self) -> dict[str, Any] | None:
         """Read-only look at the run folder: the manifest of this run if it already finished, else None. A
         folder holding a different run, or one that cannot be used, is a ConfigError."""
-        try:
-            if not self.writer.check():
-                return None
-        except (
-            FileNotFoundError,
-            PermissionError,
-            NotADirectoryError,
-            FileExistsError,
-        ) as exc:  # no such bucket, access denied: before any work
-            raise ConfigError("output.dir", f"cannot use {self.uri}: {self.redact(first_line(exc))}") from None
-        return self.writer.completed_manifest()
+        return self.writer.completed_manifest() if self._usable(self.writer.check) else None
 
     def describe_state(self) -> str:
         """'a new run', 'complete' or 'resumes the run there' (read-only; for `flowscale validate`)."""
-        if self.existing() is not None:
-            return "complete"
-        return "resumes the run there" if self.writer.check() else "a new run"
+        if not self._usable(self.writer.check):
+            return "a new run"
+        return "complete" if self.writer.completed_manifest() is not None else "resumes the run there"
 
     @property
     def num_shards(self) -> int:
@@ -98,17 +89,10 @@ class RunOutput:
         """The output shard that holds prompt `index` (a dataset budget allocates within one shard)."""
         return self.writer.shard_of(index)
 
-    @property
-    def config_hash(self) -> str:
-        return self.writer.config_hash
-
     # -- the run ---------------------------------------------------------------------------------------------------
     def begin(self, model_id: str, settings: dict[str, Any]) -> list[int]:
         """Start or resume the run; returns the indexes of the prompts still to run (in shard order)."""
-        try:
-            self.writer.begin()
-        except _UNUSABLE as exc:
-            raise ConfigError("output.dir", f"cannot use {self.uri}: {self.redact(first_line(exc))}") from None
+        self._usable(self.writer.begin)
         self._info = RunInfo.for_job(self.job, self.writer.config_hash, model_id, settings)
         self._assembler = ShardAssembler(self.writer, on_commit=self._committed)
         return [i for shard in self.writer.pending_shards() for i in self.writer.shard_prompts(shard)]
@@ -141,6 +125,14 @@ class RunOutput:
         return self.writer.finish(versions())
 
     # -- internals ---------------------------------------------------------------------------------------------------
+    def _usable(self, op: Callable[[], _T]) -> _T:
+        """op() on the run folder; a folder we cannot use (no such bucket, access denied, a file where a folder
+        should be) is a ConfigError naming output.dir, before any work."""
+        try:
+            return op()
+        except _UNUSABLE as exc:
+            raise ConfigError("output.dir", f"cannot use {self.uri}: {self.redact(first_line(exc))}") from None
+
     @property
     def _run_info(self) -> RunInfo:
         if self._info is None:
