@@ -242,8 +242,10 @@ class IntervalSearch(SearchMethod):
 
 
 class RolloverBudgetForcing(IntervalSearch):
-    """The paper's Algorithm 2: a chain accepts the first candidate that strictly beats its running best r*
-    (that candidate is the interval's best then), and the unused quota goes to the next interval."""
+    """Rollover Budget Forcing, the paper's Algorithm 2 (rollover to the next interval).
+
+    A chain accepts the first candidate that strictly beats its running best r* (that candidate is the interval's
+    best then), and the unused quota goes to the next interval."""
 
     name = "rbf"
     Config = RBFConfig
