@@ -149,7 +149,7 @@ def test_weighted_sum_is_the_weighted_combination(clip_folder):  # noqa: F811
         build_reward("weighted_sum", {"terms": []})
 
 
-@pytest.mark.parametrize("name", ["clip_score", "aesthetic", "object_count"])
+@pytest.mark.parametrize("name", ["clip_score", "pickscore", "hps", "aesthetic", "object_count", "vqa_score"])
 def test_missing_model_folder_is_one_line_naming_the_path(name, tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(ValueError) as err:
@@ -177,3 +177,39 @@ def test_a_model_reward_as_held_out_evaluator(clip_folder):  # noqa: F811
     for r in results:
         assert r.held_out == pytest.approx(float(held(r.image[None], [r.prompt])[0]), abs=1e-6)
         assert r.reward == pytest.approx(float(build_reward("jpeg_compressibility")(r.image[None], [r.prompt])[0]))
+
+
+# ------------------------------------------------------------------------------- PickScore and HPS v2
+
+
+def test_pickscore_is_the_models_logit_scale_times_the_cosine(clip_folder):  # noqa: F811
+    opts = {"path": str(clip_folder), "device": "cpu", "batch_size": 3}
+    pick, hps, cos = build_reward("pickscore", opts), build_reward("hps", opts), build_reward("clip_score", opts)
+    scores = check_batched(pick, images(), PROMPTS)
+    # The reference computation: exp(logit_scale) * normalised text @ normalised image, from the model itself.
+    model, processor = pick.clip.model, pick.clip.processor
+    from flowscale_ray.rewards import hf_common as hf
+
+    with torch.no_grad():
+        img = model.get_image_features(**processor(images=hf.pil_images(images()), return_tensors="pt"))
+        txt = model.get_text_features(
+            **processor.tokenizer([p.text for p in PROMPTS], padding=True, return_tensors="pt")
+        )
+        img, txt = getattr(img, "pooler_output", img), getattr(txt, "pooler_output", txt)
+        img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
+        expected = model.logit_scale.exp() * (img * txt).sum(-1)
+    torch.testing.assert_close(scores, expected.double(), atol=1e-5, rtol=1e-6)
+    assert pick.scale == pytest.approx(float(model.logit_scale.exp())) and pick.scale != 1.0
+    torch.testing.assert_close(scores / pick.scale, cos(images(), PROMPTS), atol=1e-7, rtol=0)
+    # HPS v2 reports the cosine of its own model's embeddings.
+    torch.testing.assert_close(check_batched(hps, images(), PROMPTS), cos(images(), PROMPTS), atol=0, rtol=0)
+    assert pick.name == "pickscore" and hps.name == "hps"
+
+
+def test_pickscore_uses_the_folders_own_weights(clip_folder, tmp_path):  # noqa: F811
+    from tests.tiny_models import save_clip
+
+    other = save_clip(tmp_path / "other-clip", seed=1)
+    a = build_reward("pickscore", {"path": str(clip_folder), "device": "cpu"})(images(), PROMPTS)
+    b = build_reward("pickscore", {"path": str(other), "device": "cpu"})(images(), PROMPTS)
+    assert (a - b).abs().max() > 1e-3

@@ -308,3 +308,94 @@ def detector_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def aesthetic_folder(tmp_path_factory) -> Path:
     return save_aesthetic(tmp_path_factory.mktemp("aesthetic") / "tiny-aesthetic")
+
+
+# ------------------------------------------------------------------------------- vision-language model (VQA)
+VLM_SPECIAL = ["<pad>", "<s>", "</s>", "<image>"]
+VLM_WORDS = ["Yes", "No", *string.ascii_letters, *string.digits, *string.punctuation, " ", "\n"]
+VLM_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+    "<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def vlm_tokenizer():
+    """A fast tokenizer over characters, with "Yes" and "No" as whole tokens and LLaVA's special tokens."""
+    import tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(VLM_SPECIAL + VLM_WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=tokenizers.Regex(r"Yes|No|."), behavior="isolated")
+    tok.add_special_tokens(VLM_SPECIAL)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def llava(seed: int = 0, image_size: int = 16, chat_template: str | None = VLM_CHAT_TEMPLATE):
+    """(LlavaForConditionalGeneration, LlavaProcessor) of tiny size: CLIP vision tower + Llama decoder."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = vlm_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=24,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        image_size=image_size,
+        patch_size=4,
+        projection_dim=16,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    cfg = LlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    model = LlavaForConditionalGeneration(cfg).eval()
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=chat_template,
+        patch_size=4,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    return model, processor
+
+
+def save_llava(folder: Path, **kwargs) -> Path:
+    model, processor = llava(**kwargs)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    processor.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def vlm_folder(tmp_path_factory) -> Path:
+    return save_llava(tmp_path_factory.mktemp("vlm") / "tiny-llava")
