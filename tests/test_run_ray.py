@@ -41,3 +41,27 @@ def test_a_prompt_whose_search_raises_gets_a_failed_row_on_ray(tmp_path, local_r
     same = ("prompt_id", "status", "reward", "held_out", "nfe", "verifier_calls", "lineage", "image")
     for a, b in zip(ray_rows, local_rows, strict=True):
         assert {k: a[k] for k in same} == {k: b[k] for k in same}
+
+
+def test_a_prompt_whose_row_cannot_be_written_gets_a_failed_row_on_ray(tmp_path, local_ray, monkeypatch):
+    """A poison prompt (text Arrow refuses) searched on the replicas: its row fails, its shard commits, the run
+    finishes, and every other row equals the in-process run's."""
+    from flowscale_ray.prompts import Prompt
+    from tests.test_hardening_run import with_prompts
+
+    prompts = [Prompt(id=t, text=t) for t in ("one", "two", "four", "five")]
+    prompts.insert(2, Prompt(id="bad", text="bad \ud800"))
+    with_prompts(monkeypatch, prompts)
+    executor = {"kind": "ray", "replicas": 2, "in_flight": 3, "num_cpus": 0.5}
+    ray_report = run_job(load_job(job_doc(tmp_path / "ray", executor=executor)), base_dir=tmp_path)
+    local_report = run_job(load_job(job_doc(tmp_path / "local", executor={"in_flight": 3})), base_dir=tmp_path)
+    ray_rows, local_rows = read(tmp_path / "ray" / "toy" / "data"), read(tmp_path / "local" / "toy" / "data")
+    assert [(r["prompt_id"], r["status"]) for r in ray_rows] == [
+        ("bad", "failed"), ("five", "ok"), ("four", "ok"), ("one", "ok"), ("two", "ok"),
+    ]  # fmt: skip
+    assert ray_rows[0]["error"].startswith("its row cannot be written: UnicodeEncodeError")
+    assert ray_rows[0]["prompt"] == "bad \\ud800" and ray_report.failed == local_report.failed == 1
+    assert ray_report.manifest["counts"]["status"] == {"ok": 4, "filtered": 0, "failed": 1}
+    same = ("prompt_id", "status", "reward", "held_out", "nfe", "verifier_calls", "lineage", "image")
+    for a, b in zip(ray_rows, local_rows, strict=True):
+        assert {k: a[k] for k in same} == {k: b[k] for k in same}

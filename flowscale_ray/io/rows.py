@@ -3,21 +3,25 @@
 Per prompt: up to `top_k` rows of status `ok`, best reward first (`rank` 0, 1, ...), for the selected samples
 that reach `min_reward` and `min_held_out`; if none does, one `filtered` row whose `error` says why and whose
 metrics are the best sample's (no image); a prompt whose search raised gets one `failed` row.
+
+`prompt_table` turns a prompt's rows into Arrow at once, so a row that cannot be encoded (text Arrow refuses, a
+metadata value whose `str` raises, an image PIL cannot write) fails that prompt alone, before its shard is
+assembled; `failed_table` is a `failed` row that always encodes (text it cannot write is escaped).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 import torch
 
 from flowscale_ray.config import JobConfig
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution.tasks import SelectedSample, TaskResult
-from flowscale_ray.io.schema import NAMES, encode_lineage, encode_steps
+from flowscale_ray.io.schema import NAMES, encode_lineage, encode_steps, strict_json, to_table
 from flowscale_ray.prompts import Prompt
 
 MAX_SAMPLE_VALUES = 65536  # non-image samples up to this size are stored in the `sample` column
@@ -72,10 +76,10 @@ def _base(prompt: Prompt, info: RunInfo, now: datetime) -> dict[str, Any]:
         run_id=info.run_id,
         prompt_id=prompt.id,
         prompt=prompt.text,
-        prompt_metadata=json.dumps(prompt.metadata, sort_keys=True, default=str) if prompt.metadata else None,
+        prompt_metadata=strict_json(prompt.metadata, sort_keys=True) if prompt.metadata else None,
         seed=prompt.seed if prompt.seed is not None else info.seed,
         method=info.method,
-        method_settings=json.dumps(info.method_settings, sort_keys=True, default=str),
+        method_settings=strict_json(info.method_settings, sort_keys=True),
         model_id=info.model_id,
         reward_name=info.reward_name,
         held_out_name=info.held_out_name,
@@ -83,7 +87,7 @@ def _base(prompt: Prompt, info: RunInfo, now: datetime) -> dict[str, Any]:
         interpolant=spec.interpolant,
         sde=spec.sde,
         diffusion=f"{spec.diffusion}*{spec.diffusion_norm:g}" if spec.sde else "none",
-        sampler=json.dumps(asdict(spec), sort_keys=True),
+        sampler=strict_json(asdict(spec), sort_keys=True),
         config_hash=info.config_hash,
         created_at=now,
     )
@@ -151,8 +155,42 @@ def rows_for_result(
 
 
 def failed_row(
-    prompt: Prompt, info: RunInfo, error: str, seconds: float = 0.0, budget_stop: str | None = None
+    prompt: Prompt, info: RunInfo, error: str, seconds: float = 0.0, budget_stop: str | None = None, **metrics: Any
 ) -> dict[str, Any]:
     row = _base(prompt, info, datetime.now(UTC))
-    row.update(status="failed", error=error, seconds=seconds, rounds=1, budget_stop=budget_stop)
+    row.update(status="failed", error=error, seconds=seconds, rounds=1, budget_stop=budget_stop, **metrics)
     return row
+    """One `failed` row carrying `error`; `metrics` (e.g. `nfe`) fill other columns."""
+
+
+def prompt_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """One prompt's rows as an Arrow table with the output schema; raises if any value cannot be encoded."""
+    return to_table(rows)
+
+
+def failed_table(
+    prompt: Prompt, info: RunInfo, error: str, seconds: float = 0.0, budget_stop: str | None = None, **metrics: Any
+) -> pa.Table:
+    """`failed_row` as a table, and one that always encodes: when the prompt itself cannot be written (a lone
+    surrogate in its text or id, a seed beyond int64, metadata that JSON cannot hold), the row keeps what can be
+    written, with such text escaped (`\\ud800`), and says so in `error`."""
+    try:
+        return to_table([failed_row(prompt, info, error, seconds, budget_stop, **metrics)])
+    except Exception:  # the prompt itself is what cannot be written
+        pass
+    try:
+        metadata = strict_json(prompt.metadata, sort_keys=True) if prompt.metadata else None
+    except Exception:
+        metadata = None
+    seed = prompt.seed if prompt.seed is None or -(2**63) <= prompt.seed < 2**63 else None
+    safe = Prompt(id=_escaped(prompt.id), text=_escaped(prompt.text), seed=seed)
+    row = failed_row(safe, info, _escaped(error), seconds, budget_stop, **metrics)
+    row["prompt_metadata"] = None if metadata is None else _escaped(metadata)
+    if seed is None and prompt.seed is not None:
+        row["seed"] = None
+    return to_table([row])
+
+
+def _escaped(text: str) -> str:
+    """`text` as valid UTF-8: characters that cannot be encoded (lone surrogates) as backslash escapes."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")

@@ -15,6 +15,7 @@ and noise keys): with the run seed, the prompt id and the sampler it replays the
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -200,7 +201,26 @@ def encode_steps(records: list[StepRecord]) -> list[dict[str, Any]]:
             "rollover": r.rollover,
             "resampled": r.resampled,
             "ess": r.ess,
-            "extra": json.dumps(r.extra, default=str) if r.extra else None,
+            "extra": strict_json(r.extra) if r.extra else None,
         }
         for r in records
     ]
+
+
+# -- JSON columns ------------------------------------------------------------------------------------------
+def finite(doc: Any) -> Any:
+    """`doc` with every NaN or infinite float (inside dicts, lists and tuples) replaced by None: JSON has no
+    NaN, so `strict_json` writes them as null."""
+    if isinstance(doc, float):
+        return doc if math.isfinite(doc) else None
+    if isinstance(doc, dict):
+        return {k: finite(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [finite(v) for v in doc]
+    return doc
+
+
+def strict_json(doc: Any, **kwargs: Any) -> str:
+    """Valid JSON, always (`json.dumps` writes NaN and Infinity, which JSON readers refuse): non-finite floats
+    become null; objects JSON does not know are written as their `str`."""
+    return json.dumps(finite(doc), allow_nan=False, default=str, **kwargs)

@@ -363,24 +363,29 @@ class ShardedWriter:
 class ShardAssembler:
     """Collects each prompt's rows and writes + commits a shard once every prompt in it has reported.
 
-    Prompts may finish in any order; a prompt reported twice (a retried task) replaces its rows."""
+    Prompts may finish in any order; a prompt reported twice (a retried task) replaces its rows. Each prompt's
+    rows are turned into Arrow when they arrive, so a row that cannot be encoded raises there, for that prompt,
+    and never at the shard's write."""
 
     def __init__(self, writer: ShardedWriter, on_commit: Callable[[int, ShardStats], None] | None = None) -> None:
         self.writer = writer
         self.on_commit = on_commit
-        self._buffers: dict[int, dict[int, list[dict[str, Any]]]] = {}
+        self._buffers: dict[int, dict[int, pa.Table]] = {}
 
-    def add(self, prompt_index: int, rows: list[dict[str, Any]]) -> int | None:
+    def add(self, prompt_index: int, rows: list[dict[str, Any]] | pa.Table) -> int | None:
         """Add a prompt's rows; returns the shard index if this completed and committed a shard."""
         shard = self.writer.shard_of(prompt_index)
         if shard in self.writer.state.committed:
             return None  # already committed (a duplicate report): nothing is written twice
+        table = rows if isinstance(rows, pa.Table) else to_table(rows)
+        if not table.schema.equals(SCHEMA, check_metadata=False):
+            raise ValueError("a prompt's table does not have the output schema")
         buf = self._buffers.setdefault(shard, {})
-        buf[prompt_index] = rows
+        buf[prompt_index] = table
         wanted = self.writer.shard_prompts(shard)
         if len(buf) < len(wanted):
             return None
-        ordered = [row for i in wanted for row in buf[i]]
+        ordered = pa.concat_tables([buf[i] for i in wanted]).replace_schema_metadata(SCHEMA.metadata)
         stats = self.writer.write_shard(shard, ordered)
         self.writer.commit(shard)
         del self._buffers[shard]

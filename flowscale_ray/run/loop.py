@@ -1,7 +1,8 @@
 """The run loop: every prompt of a job through an executor, each result into the run's output as it finishes.
 
 A prompt whose search raises (or whose scoring or decoding raises) is isolated: the prompts that were in flight
-are rerun one at a time, the culprit gets a `failed` row and the run goes on. Failures one after another point
+are rerun one at a time, the culprit gets a `failed` row and the run goes on. A prompt whose row cannot be
+written (RunOutput.add) gets a `failed` row too. Failures one after another point
 at the machinery, not the prompts: after MAX_CONSECUTIVE_FAILURES the run stops, keeping committed shards.
 """
 
@@ -42,7 +43,7 @@ class RunReport:
     manifest: dict[str, Any]
     elapsed: float
     nfe: int  # spent by this call
-    failed: int  # prompts of this call whose search raised
+    failed: int  # prompts of this call whose search raised or whose row could not be written
     preview: list[TaskResult] = field(default_factory=list)  # the first few results of this call
 
 
@@ -118,9 +119,10 @@ def _run(
             recorder.prompt_finished(outcome)
             record_failures()
             nfe += outcome.nfe
-            if len(preview) < PREVIEW_ROWS:
+            if not output.add(index, outcome):  # its row could not be written: a `failed` row instead
+                failed += 1
+            elif len(preview) < PREVIEW_ROWS:
                 preview.append(outcome)
-            output.add(index, outcome)
         else:
             recorder.prompt_failed()
             failed += 1

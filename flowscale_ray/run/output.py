@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import pyarrow as pa
+
 from flowscale_ray.config import ConfigError, JobConfig
 from flowscale_ray.errors import first_line
 from flowscale_ray.execution import TaskResult
-from flowscale_ray.io.rows import RunInfo, failed_row, rows_for_result
+from flowscale_ray.io.rows import RunInfo, failed_table, prompt_table, rows_for_result
 from flowscale_ray.io.storage import Redactor, open_filesystem
 from flowscale_ray.io.writer import ShardAssembler, ShardedWriter, ShardStats
 from flowscale_ray.logs import get_logger
@@ -106,15 +108,26 @@ class RunOutput:
         """What a dataset budget gave prompt `index` (its rows record it)."""
         self._allocations[index] = (rounds, stop)
 
-    def add(self, index: int, result: TaskResult) -> None:
-        """Prompt `index`'s rows from its search result."""
+    def add(self, index: int, result: TaskResult) -> bool:
+        """Prompt `index`'s rows from its search result. A result whose rows cannot be built or encoded (text
+        Arrow refuses, an image that cannot be written, metadata that breaks JSON) becomes the prompt's `failed`
+        row instead, so one poison prompt never blocks its shard; returns False then."""
         rounds, stop = self._allocations.pop(index, (1, None))
-        self._add(index, rows_for_result(result, self._run_info, rounds=rounds, budget_stop=stop))
+        try:
+            table = prompt_table(rows_for_result(result, self._run_info, rounds=rounds, budget_stop=stop))
+        except Exception as exc:  # the prompt's own data: its row, not the run, fails
+            error = f"its row cannot be written: {first_line(exc)}"
+            log.info(f"prompt {self.prompts[index].id!a}: {self.redact(error)}; recorded as failed")
+            metrics = {"nfe": result.nfe, "verifier_calls": result.verifier_calls}
+            self._add(index, self._failure(index, error, result.seconds, stop, **metrics))
+            return False
+        self._add(index, table)
+        return True
 
     def add_failure(self, index: int, error: str) -> None:
         """Prompt `index` failed: one `failed` row carrying `error` (redacted)."""
         _, stop = self._allocations.pop(index, (1, None))
-        self._add(index, [failed_row(self.prompts[index], self._run_info, self.redact(error), budget_stop=stop)])
+        self._add(index, self._failure(index, error, 0.0, stop))
 
     def put_json(self, name: str, doc: Any) -> None:
         """A JSON document beside the data (e.g. the run's timeline)."""
@@ -139,7 +152,10 @@ class RunOutput:
             raise RuntimeError("RunOutput.begin() must be called before rows are added")
         return self._info
 
-    def _add(self, index: int, rows: list[dict[str, Any]]) -> None:
+    def _failure(self, index: int, error: str, seconds: float, stop: str | None, **metrics: Any) -> pa.Table:
+        return failed_table(self.prompts[index], self._run_info, self.redact(error), seconds, stop, **metrics)
+
+    def _add(self, index: int, rows: pa.Table) -> None:
         if self._assembler is None:
             raise RuntimeError("RunOutput.begin() must be called before rows are added")
         self._assembler.add(index, rows)
