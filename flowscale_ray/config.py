@@ -320,13 +320,30 @@ class BudgetConfig(_Mapping):
     target_reward: float | None = Field(default=None, description="dataset: a prompt is done at reward >= this")
     target_held_out: float | None = Field(default=None, description="dataset: ... and held-out score >= this")
     max_rounds: int = Field(default=8, ge=1, le=10000, description="dataset: at most this many rounds a prompt")
+    unit: Literal["nfe", "compute"] = Field(
+        default="nfe",
+        description="what budgets count: velocity evaluations (nfe, the paper's) or compute units "
+        "c_d x NFE + c_v x verifier calls; with compute, mean_nfe, base_nfe, round_nfe and per_prompt are in units",
+    )
+    c_d: float = Field(default=1.0, ge=0, le=1e9, description="compute units per velocity evaluation (NFE)")
+    c_v: float = Field(default=0.0, ge=0, le=1e9, description="compute units per verifier call (reward evaluation)")
+    per_prompt: float | None = Field(
+        default=None, gt=0, le=1e9, description="per_prompt: size the method to this budget (in `unit`); null: as set"
+    )
 
     def __post_init__(self) -> None:
+        for name in ("c_d", "c_v"):
+            if not math.isfinite(getattr(self, name)):
+                raise _Invalid(f"must be a finite number, got {getattr(self, name)}", name)
+        if self.unit == "compute" and self.c_d == 0 and self.c_v == 0:
+            raise _Invalid("with unit: compute, c_d or c_v must be > 0 (every search would be free)", "c_v")
         if self.mode == "per_prompt":
             for name in ("mean_nfe", "base_nfe", "round_nfe", "target_reward", "target_held_out"):
                 if getattr(self, name) is not None:
                     raise _Invalid("only used with mode: dataset", name)
             return
+        if self.per_prompt is not None:
+            raise _Invalid("only used with mode: per_prompt (a dataset budget sizes rounds by base_nfe)", "per_prompt")
         for name in ("mean_nfe", "base_nfe"):
             if getattr(self, name) is None:
                 raise _Invalid("required with mode: dataset", name)
@@ -344,6 +361,12 @@ class BudgetConfig(_Mapping):
     @property
     def per_round(self) -> int | None:
         return self.round_nfe if self.round_nfe is not None else self.base_nfe
+
+    @property
+    def costs(self):
+        from flowscale_ray.search.plan import Costs
+
+        return Costs(self.c_d, self.c_v)
 
 
 # -- sampler: a SamplerSpec, optionally on top of a preset ------------------------------------------------------
@@ -588,14 +611,18 @@ class JobConfig(_Mapping):
             error = anchored("method", str(exc))
             raise _Invalid(error.message, error.where) from None
         budget = self.budget
-        if budget.mode == "dataset":
-            if budget.target_held_out is not None and self.held_out is None:
-                raise _Invalid("needs a held_out reward; set held_out or remove it", "budget.target_held_out")
-            for name, nfe in (("base_nfe", budget.base_nfe), ("round_nfe", budget.per_round)):
-                try:
-                    method.with_budget(nfe or 0, ctx).planned_nfe(ctx)
-                except ValueError as exc:
-                    raise _Invalid(f"{exc} (method {self.method.name}, {ctx.steps} steps)", f"budget.{name}") from None
+        from flowscale_ray.search.plan import sized
+
+        if budget.target_held_out is not None and self.held_out is None:
+            raise _Invalid("needs a held_out reward; set held_out or remove it", "budget.target_held_out")
+        amounts = (("base_nfe", budget.base_nfe), ("round_nfe", budget.per_round), ("per_prompt", budget.per_prompt))
+        for name, amount in amounts:
+            if amount is None:
+                continue
+            try:
+                sized(method, amount, budget.unit, budget.costs, ctx, self.output.top_k).planned_nfe(ctx)
+            except ValueError as exc:
+                raise _Invalid(f"{exc} (method {self.method.name}, {ctx.steps} steps)", f"budget.{name}") from None
 
     @property
     def run_id(self) -> str:

@@ -13,6 +13,7 @@ import torch
 
 from flowscale_ray.config import ConfigError, load_job
 from flowscale_ray.execution import SearchTask, SelectedSample, TaskResult
+from flowscale_ray.io.schema import WALL_CLOCK
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.run import run_job
 from flowscale_ray.run.budget import STOP_BUDGET, STOP_FAILED, STOP_MAX_ROUNDS, STOP_SOLVED, BlockBudget, Target
@@ -148,7 +149,8 @@ def rows(path) -> list[dict]:
     table = ds.dataset(str(path), format="parquet").to_table()
     out = sorted(table.to_pylist(), key=lambda r: r["prompt_id"])
     for r in out:
-        r.pop("created_at"), r.pop("seconds")  # wall clock
+        for name in WALL_CLOCK:
+            r.pop(name)
     return out
 
 

@@ -45,6 +45,8 @@ class _Running:
     started: float
     nfe: int = 0
     verifier_calls: int = 0
+    model_seconds: float = 0.0  # its share of the pooled model batches
+    reward_seconds: float = 0.0
     lineage: dict[int, Init | Expand] = field(default_factory=dict)
     rewards: dict[int, float] = field(default_factory=dict)  # last search reward per particle
 
@@ -109,6 +111,8 @@ class InProcessExecutor:
             outputs = self.engine.run([(r.key, r.batch) for r in running.values()])
             step_seconds = time.perf_counter() - started
             rows = sum(len(r.batch) for r in running.values())
+            for r in running.values():  # the pooled model time, split by each prompt's requests in it
+                r.model_seconds += step_seconds * len(r.batch) / max(rows, 1)
             finished = []
             for key in list(running):
                 run = running[key]
@@ -139,6 +143,7 @@ class InProcessExecutor:
         scored = [o for o in outputs if o.preview is not None]
         started = time.perf_counter()
         rewards = score(self.reward, [o.preview for o in scored], [run.task.prompt] * len(scored))  # type: ignore[misc]
+        run.reward_seconds += time.perf_counter() - started
         self._reward_seconds += time.perf_counter() - started
         by_pid = {o.pid: r for o, r in zip(scored, rewards, strict=True)}
         evals = {}
@@ -151,10 +156,14 @@ class InProcessExecutor:
 
     def _finish(self, run: _Running, outcome: SearchOutcome) -> TaskResult:
         pids = selected_pids(outcome, self.top_k)
+        started = time.perf_counter()
         samples, images = self.engine.finalize(run.key, pids)
         prompts = [run.task.prompt] * len(pids)
+        scoring = time.perf_counter()
         rewards = score(self.reward, list(images), prompts)
         helds = score(self.held_out, list(images), prompts) if self.held_out is not None else None
+        run.model_seconds += scoring - started
+        run.reward_seconds += time.perf_counter() - scoring
         self.engine.close_task(run.key)
         return build_result(
             run.task,
@@ -169,4 +178,6 @@ class InProcessExecutor:
             run.nfe,
             run.started,
             run.verifier_calls,
+            run.model_seconds,
+            run.reward_seconds,
         )

@@ -61,6 +61,10 @@ class TaskResult:
     seconds: float
     seed: int | None = None  # the effective seed its noise derives from (replaying a lineage needs it)
     verifier_calls: int = 0  # reward evaluations: every scored candidate of the search, plus the final scores
+    # Seconds of model work (velocity, decoding, final step) and of reward work (search and final scores) that
+    # this prompt's rows took; a batch shared by several prompts is split by their rows in it.
+    model_seconds: float = 0.0
+    reward_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.selected:
@@ -152,6 +156,8 @@ def build_result(
     nfe: int,
     started: float,
     verifier_calls: int = 0,
+    model_seconds: float = 0.0,
+    reward_seconds: float = 0.0,
 ) -> TaskResult:
     """A TaskResult for finalized particles `pids` (the best first); shared by every executor."""
     selected = tuple(
@@ -174,4 +180,6 @@ def build_result(
         seconds=time.perf_counter() - started,
         seed=task.effective_seed,
         verifier_calls=verifier_calls + len(pids),  # the final samples are scored once each
+        model_seconds=model_seconds,
+        reward_seconds=reward_seconds,
     )

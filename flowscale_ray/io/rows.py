@@ -44,6 +44,8 @@ class RunInfo:
     top_k: int = 1
     min_reward: float | None = None
     min_held_out: float | None = None
+    c_d: float = 1.0  # compute units per velocity evaluation (budget.c_d)
+    c_v: float = 0.0  # compute units per verifier call (budget.c_v)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -62,6 +64,8 @@ class RunInfo:
             top_k=job.output.top_k,
             min_reward=job.output.min_reward,
             min_held_out=job.output.min_held_out,
+            c_d=job.budget.c_d,
+            c_v=job.budget.c_v,
         )
 
 
@@ -138,6 +142,9 @@ def rows_for_result(
             held_out=s.held_out,
             nfe=result.nfe,
             verifier_calls=result.verifier_calls,
+            compute_units=info.c_d * result.nfe + info.c_v * result.verifier_calls,
+            model_seconds=result.model_seconds,
+            reward_seconds=result.reward_seconds,
             rounds=rounds,
             budget_stop=budget_stop,
             lineage=encode_lineage(s.lineage),
@@ -157,10 +164,10 @@ def rows_for_result(
 def failed_row(
     prompt: Prompt, info: RunInfo, error: str, seconds: float = 0.0, budget_stop: str | None = None, **metrics: Any
 ) -> dict[str, Any]:
+    """One `failed` row carrying `error`; `metrics` (e.g. `nfe`) fill other columns."""
     row = _base(prompt, info, datetime.now(UTC))
     row.update(status="failed", error=error, seconds=seconds, rounds=1, budget_stop=budget_stop, **metrics)
     return row
-    """One `failed` row carrying `error`; `metrics` (e.g. `nfe`) fill other columns."""
 
 
 def prompt_table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -23,7 +23,9 @@ import pyarrow as pa
 
 from flowscale_ray.search.protocol import Expand, Init, Move, NoiseKey, StepRecord
 
-SCHEMA_VERSION = 2  # 2: `rounds` and `budget_stop` (dataset budgets); `seed` is the selected round's
+# 3: `compute_units`, `model_seconds`, `reward_seconds`.
+# 2: `rounds` and `budget_stop` (dataset budgets); `seed` is the selected round's
+SCHEMA_VERSION = 3
 
 IMAGE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
 NOISE = pa.struct(
@@ -87,6 +89,9 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("held_out", pa.float64(), "held-out reward of the final sample (never optimised)"),
     ("nfe", pa.int64(), "velocity evaluations the prompt's search spent (all its rounds)"),
     ("verifier_calls", pa.int64(), "reward evaluations the prompt's search made (scored candidates, final scores)"),
+    ("compute_units", pa.float64(), "budget.c_d x nfe + budget.c_v x verifier_calls (the paper's cost model)"),
+    ("model_seconds", pa.float64(), "seconds of model work for the prompt (its share of pooled batches)"),
+    ("reward_seconds", pa.float64(), "seconds of reward work for the prompt (its share of pooled batches)"),
     ("rounds", pa.int32(), "search rounds the prompt received (1 without a dataset budget)"),
     (
         "budget_stop",
@@ -119,6 +124,7 @@ SCHEMA = pa.schema(
     },
 )
 NAMES = [name for name, _, _ in COLUMNS]
+WALL_CLOCK = ("seconds", "model_seconds", "reward_seconds", "created_at")  # the columns that are measured times
 
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:

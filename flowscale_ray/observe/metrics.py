@@ -170,6 +170,10 @@ VERIFIER_CALLS = Counter(
     "flowscale_verifier_calls", "Reward evaluations of finished prompts (scored candidates, final scores)", RUN,
     registry=REGISTRY,
 )  # fmt: skip
+PROMPT_WORK_SECONDS = Counter(
+    "flowscale_prompt_work_seconds", "Seconds of model and of reward work of finished prompts (their shares of "
+    "pooled batches), by part", (*RUN, "part"), registry=REGISTRY,
+)  # fmt: skip
 BUDGET_NFE = Counter("flowscale_budget_nfe", "Dataset budget NFE of the blocks started", RUN, registry=REGISTRY)
 BUDGET_SPENT = Counter(
     "flowscale_budget_spent_nfe", "Dataset budget NFE charged to rounds (planned NFE)", RUN, registry=REGISTRY

@@ -82,10 +82,10 @@ class Recorder:
     def storage_retry(self) -> None:
         pass
 
-    def budget_planned(self, nfe: int) -> None:
+    def budget_planned(self, nfe: float) -> None:
         pass
 
-    def budget_spent(self, nfe: int) -> None:
+    def budget_spent(self, nfe: float) -> None:
         pass
 
     def prompt_allocated(self, nfe: int, rounds: int, stop: str) -> None:
@@ -221,6 +221,8 @@ class RunRecorder(Recorder):
             m.PROMPTS_IN_FLIGHT.labels(**lab).dec()
             m.PROMPT_SECONDS.labels(**lab).observe(result.seconds)
             m.VERIFIER_CALLS.labels(**lab).inc(int(getattr(result, "verifier_calls", 0)))
+            m.PROMPT_WORK_SECONDS.labels(**lab, part="model").inc(float(getattr(result, "model_seconds", 0.0)))
+            m.PROMPT_WORK_SECONDS.labels(**lab, part="reward").inc(float(getattr(result, "reward_seconds", 0.0)))
             if not math.isnan(reward):
                 m.BEST_REWARD.labels(**lab).observe(reward)
                 m.LAST_BEST_REWARD.labels(**lab).set(reward)
@@ -293,12 +295,12 @@ class RunRecorder(Recorder):
         if self.m is not None:
             self.m.STORAGE_RETRIES.labels(**self.labels).inc()
 
-    def budget_planned(self, nfe: int) -> None:
+    def budget_planned(self, nfe: float) -> None:
         self.totals.budget_nfe += nfe
         if self.m is not None:
             self.m.BUDGET_NFE.labels(**self.labels).inc(nfe)
 
-    def budget_spent(self, nfe: int) -> None:
+    def budget_spent(self, nfe: float) -> None:
         self.totals.budget_spent += nfe
         if self.m is not None:
             self.m.BUDGET_SPENT.labels(**self.labels).inc(nfe)

@@ -40,6 +40,8 @@ class PromptProgress:
     nfe: int = 0  # spent, as counted by the executor
     verifier_calls: int = 0
     seconds: float = 0.0
+    model_seconds: float = 0.0
+    reward_seconds: float = 0.0
     rounds: int = 0
     stop: str | None = None
     error: Exception | None = None  # the error of a failed first round
@@ -48,7 +50,14 @@ class PromptProgress:
         """The best result over all rounds, carrying the NFE and seconds of all of them."""
         if self.best is None:
             raise RuntimeError(f"prompt {self.index} has no result")
-        return dataclasses.replace(self.best, nfe=self.nfe, seconds=self.seconds, verifier_calls=self.verifier_calls)
+        return dataclasses.replace(
+            self.best,
+            nfe=self.nfe,
+            seconds=self.seconds,
+            verifier_calls=self.verifier_calls,
+            model_seconds=self.model_seconds,
+            reward_seconds=self.reward_seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -85,23 +94,24 @@ def better(a: TaskResult, b: TaskResult | None) -> bool:
 class BlockBudget:
     """The allocation of one block's budget over its prompts, wave by wave (see the module docstring).
 
-    `base_cost` and `round_cost` are the planned NFE of the method at the first and at every later round.
+    `base_cost` and `round_cost` are what the method at the first and at every later round is charged: its planned
+    NFE, or its planned compute units (`budget.unit: compute`).
     """
 
     def __init__(
         self,
         indices: Sequence[int],
         mean_nfe: float,
-        base_cost: int,
-        round_cost: int,
+        base_cost: float,
+        round_cost: float,
         target: Target,
         max_rounds: int,
     ) -> None:
-        if base_cost < 1 or round_cost < 1 or max_rounds < 1:
-            raise ValueError("base_cost, round_cost and max_rounds must be >= 1")
+        if base_cost <= 0 or round_cost <= 0 or max_rounds < 1:
+            raise ValueError("base_cost and round_cost must be > 0 and max_rounds >= 1")
         self.total = math.floor(mean_nfe * len(indices) + 1e-9)
         if self.total < base_cost * len(indices):
-            raise ValueError(f"a mean of {mean_nfe:g} NFE cannot pay the first round ({base_cost} NFE) of every prompt")
+            raise ValueError(f"a mean of {mean_nfe:g} cannot pay the first round ({base_cost:g}) of every prompt")
         self.base_cost = base_cost
         self.round_cost = round_cost
         self.target = target
@@ -126,7 +136,7 @@ class BlockBudget:
         else:
             short = [p for p in self.prompts.values() if p.stop is None]
             short.sort(key=lambda p: (-self.target.shortfall(p.best), p.index) if p.best is not None else (0, p.index))
-            affordable = self.left // self.round_cost
+            affordable = int(self.left // self.round_cost)
             wave = [p.index for p in short[:affordable]]
             for p in short[affordable:]:
                 p.stop = STOP_BUDGET
@@ -151,6 +161,8 @@ class BlockBudget:
         p.nfe += outcome.nfe
         p.verifier_calls += outcome.verifier_calls
         p.seconds += outcome.seconds
+        p.model_seconds += outcome.model_seconds
+        p.reward_seconds += outcome.reward_seconds
         if better(outcome, p.best):
             p.best = outcome
         if self.target.reached(outcome) or (p.best is not None and self.target.reached(p.best)):

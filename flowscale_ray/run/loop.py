@@ -27,6 +27,7 @@ from flowscale_ray.run.executors import open_executor
 from flowscale_ray.run.output import RunOutput
 from flowscale_ray.run.tables import format_table
 from flowscale_ray.search.base import SearchMethod
+from flowscale_ray.search.plan import planned_cost, sized
 
 log = get_logger(__name__)
 
@@ -60,6 +61,8 @@ def run_job(job: JobConfig, base_dir: Path | None = None) -> RunReport:
             log.info(f"run {job.run_id} is already complete ({rows} rows); nothing to do: {output.uri}")
             return RunReport(job.run_id, output.uri, len(prompts), 0, done, 0.0, 0, 0)
         method = job.method.build()
+        if job.budget.per_prompt is not None:  # sized to the budget (in NFE or compute units)
+            method = _sized(job, method, job.budget.per_prompt)
         with open_executor(job) as executor:
             return _run(job, prompts, output, method, executor, redact)
 
@@ -159,9 +162,10 @@ def _dataset_budget(
     cfg = job.budget
     assert cfg.mean_nfe is not None and cfg.base_nfe is not None and cfg.per_round is not None  # validated
     ctx = executor.context
-    first, later = method.with_budget(cfg.base_nfe, ctx), method.with_budget(cfg.per_round, ctx)
+    first, later = _sized(job, method, cfg.base_nfe), _sized(job, method, cfg.per_round)
     target = Target(cfg.target_reward, cfg.target_held_out)
-    costs = (first.planned_nfe(ctx), later.planned_nfe(ctx))  # charged per round: exactly what it will spend
+    # Charged per round: exactly what it will spend (planned NFE, or planned compute units).
+    costs = tuple(planned_cost(m, cfg.unit, cfg.costs, ctx, job.output.top_k) for m in (first, later))
     for shard in sorted({output.shard_of(i) for i in todo}):
         block = [i for i in todo if output.shard_of(i) == shard]
         budget = BlockBudget(block, cfg.mean_nfe, *costs, target, cfg.max_rounds)
@@ -179,7 +183,8 @@ def _dataset_budget(
 
         budget.run(run_wave)
         log.info(
-            f"budget: shard {shard + 1}/{output.num_shards}: {budget.charged} of {budget.total} NFE in {budget.waves} "
+            f"budget: shard {shard + 1}/{output.num_shards}: {budget.charged:g} of {budget.total:g} {cfg.unit} in "
+            f"{budget.waves} "
             f"waves; {sum(p.stop == 'solved' for p in budget.prompts.values())} of {len(block)} prompts solved"
         )
         for i in block:
@@ -187,6 +192,14 @@ def _dataset_budget(
             recorder.prompt_allocated(p.nfe, p.rounds, p.stop or "budget")
             output.allocation(i, p.rounds, p.stop)
             yield i, (p.merged() if p.best is not None else p.error or RuntimeError("no result"))
+
+
+def _sized(job: JobConfig, method: SearchMethod, amount: float) -> SearchMethod:
+    """`method` set up for `amount` of the job's budget unit (validated when the job was loaded)."""
+    from flowscale_ray.search.protocol import SearchContext
+
+    ctx = SearchContext(grid=job.sampler.grid_times())
+    return sized(method, amount, job.budget.unit, job.budget.costs, ctx, job.output.top_k)
 
 
 def run_prompts(

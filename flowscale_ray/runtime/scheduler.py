@@ -79,6 +79,8 @@ class Search:
     search_rewards: dict[int, float] = field(default_factory=dict)  # last search reward of each live particle
     verifier_calls: int = 0  # scored candidates so far
     nfe: int = 0  # charged to the search (replays are not)
+    model_seconds: float = 0.0  # its share (by rows) of the replica calls' model time
+    reward_seconds: float = 0.0  # its share of the scoring time (in the replica, or the reward actors' calls)
     opened_on: set[int] = field(default_factory=set)  # replicas where the task is open
     outcome: SearchOutcome | None = None  # what the method returned; set when it finishes
 
@@ -288,6 +290,12 @@ class Scheduler:
         if not self.ex.rewards:
             previews = None
         to_score = []
+        if stats is not None:  # the call's time, split by each search's rows in it
+            total = sum(len(value.get(item.key, ())) for item in call.items) or 1
+            for item in call.items:
+                share = len(value.get(item.key, ())) / total
+                self.running[item.key].model_seconds += stats["step_seconds"] * share
+                self.running[item.key].reward_seconds += (stats.get("reward_seconds") or 0.0) * share
         for item in call.items:
             t = self.running[item.key]
             rows = []
@@ -315,9 +323,12 @@ class Scheduler:
                 self.advance(t)
 
     def scores_returned(self, call: ScoreCall, value: dict[int, list[float]]) -> None:
-        self.ex.recorder.reward_call(call.actor, time.monotonic() - call.sent)
+        elapsed = time.monotonic() - call.sent
+        self.ex.recorder.reward_call(call.actor, elapsed)
+        total = sum(len(rewards) for rewards in value.values()) or 1
         for key, rewards in value.items():
             t = self.running[key]
+            t.reward_seconds += elapsed * len(rewards) / total
             for pid, reward in zip(call.pids[key], rewards, strict=True):
                 t.results[pid].reward = reward
             t.scoring -= 1
@@ -344,6 +355,8 @@ class Scheduler:
             t.nfe,
             t.started,
             t.verifier_calls,
+            t.model_seconds,
+            t.reward_seconds,
         )
 
     def deadlines_passed(self) -> None:

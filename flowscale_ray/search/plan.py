@@ -1,0 +1,128 @@
+"""What a method will spend, without a model: velocity evaluations (NFE) and verifier calls.
+
+`plan(method, ctx)` drives the method's generator against a stand-in executor that applies the executors' NFE
+rule (protocol.py: an evaluated particle's velocity is cached and reused by its first move; every later move
+from a changed state, and the evaluation of every created state at s > 0, costs one velocity evaluation;
+renoising costs none) and answers each scored request with a reward drawn from a seeded generator. Verifier
+calls are the scored requests plus the final scores of the `top_k` selected samples, as the executors count
+them (`execution.tasks.build_result`).
+
+Every built-in method spends exactly its `planned_nfe` and scores a number of candidates that does not depend
+on the rewards (tests check both against the real executors), so the plan is exact for them. A method whose
+verifier calls do depend on the rewards gets an estimate from random rewards.
+
+Compute units price a search as `c_d x NFE + c_v x verifier calls` (the paper's cost model: BoN N c_d + (N/S)
+c_v; SMC, SVDD, RBF N c_d + N c_v). `size_for_units` finds the largest NFE budget whose planned units fit.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from flowscale_ray.search.protocol import Batch, Evaluation, SearchContext
+
+__all__ = ["Costs", "Plan", "plan", "size_for_units"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    nfe: int
+    verifier_calls: int
+
+    def units(self, costs: Costs) -> float:
+        return costs.units(self.nfe, self.verifier_calls)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Prices of one velocity evaluation (`c_d`) and one verifier call (`c_v`) in compute units."""
+
+    c_d: float = 1.0
+    c_v: float = 0.0
+
+    def units(self, nfe: float, verifier_calls: float) -> float:
+        return self.c_d * nfe + self.c_v * verifier_calls
+
+
+def plan(method, ctx: SearchContext, top_k: int = 1, seed: int = 0) -> Plan:
+    """Run `method`'s search against the stand-in executor; returns what it spent."""
+    rng = random.Random(seed)
+    cached: dict[int, bool] = {}  # pid -> velocity cached (evaluated state at s > 0)
+    times: dict[int, float] = {}
+    nfe = calls = 0
+    gen = method.search(ctx, seed)
+    try:
+        batch: Batch = next(gen)
+        while True:
+            evals: dict[int, Evaluation] = {}
+            first_move_paid: set[int] = set()  # children of one uncached parent share its evaluation
+            for init in batch.inits:
+                s = ctx.grid[0]
+                cached[init.pid], times[init.pid] = True, s
+                nfe += 1
+                calls += init.score
+                evals[init.pid] = Evaluation(init.pid, rng.gauss(0.0, 1.0) if init.score else float("nan"), s, 1)
+            for exp in batch.expands:
+                spent, ok, s = 0, cached[exp.parent], times[exp.parent]
+                for r, move in enumerate(exp.moves):
+                    if not move.renoise and not ok:
+                        if r > 0 or exp.parent not in first_move_paid:
+                            spent += 1
+                        if r == 0:
+                            first_move_paid.add(exp.parent)
+                    ok, s = False, move.s_to
+                if not ok and s > 0:
+                    spent, ok = spent + 1, True
+                cached[exp.pid], times[exp.pid] = ok, s
+                nfe += spent
+                calls += exp.score
+                evals[exp.pid] = Evaluation(exp.pid, rng.gauss(0.0, 1.0) if exp.score else float("nan"), s, spent)
+            for pid in batch.release:
+                cached.pop(pid, None)
+                times.pop(pid, None)
+            batch = gen.send(evals)
+    except StopIteration as stop:
+        outcome = stop.value
+    finals = min(top_k, 1 + len([p for p in outcome.selected if p != outcome.best]))
+    return Plan(nfe=nfe, verifier_calls=calls + finals)
+
+
+def size_for_units(method, units: float, costs: Costs, ctx: SearchContext, top_k: int = 1):
+    """`method` set up (through `with_budget`) for the largest NFE budget whose planned compute units are at most
+    `units`. Raises ValueError when not even the smallest budget the method accepts fits."""
+    lo, hi = 0, max(1, int(units / costs.c_d)) if costs.c_d > 0 else 10**9
+    best = None
+    while lo < hi:  # planned units grow with the NFE budget: bisect on it
+        mid = (lo + hi + 1) // 2
+        try:
+            sized = method.with_budget(mid, ctx)
+        except ValueError:
+            lo = mid
+            if lo >= hi:
+                break
+            continue
+        if plan(sized, ctx, top_k).units(costs) <= units:
+            best, lo = sized, mid
+        else:
+            hi = mid - 1
+    if best is None:
+        raise ValueError(
+            f"a budget of {units:g} compute units does not pay for one search of {method.name} "
+            f"(c_d {costs.c_d:g}, c_v {costs.c_v:g})"
+        )
+    return best
+
+
+def sized(method, amount: float, unit: str, costs: Costs, ctx: SearchContext, top_k: int = 1):
+    """`method` set up for a budget of `amount` in `unit` ('nfe': its `with_budget`; 'compute': compute units)."""
+    if unit == "nfe":
+        return method.with_budget(int(amount), ctx)
+    return size_for_units(method, amount, costs, ctx, top_k)
+
+
+def planned_cost(method, unit: str, costs: Costs, ctx: SearchContext, top_k: int = 1) -> float:
+    """What one search of `method` is charged in `unit`: its planned NFE, or its planned compute units."""
+    if unit == "nfe":
+        return float(method.planned_nfe(ctx))
+    return plan(method, ctx, top_k).units(costs)
