@@ -22,6 +22,8 @@ from typing import Any
 
 from flowscale_ray.observe.recorder import CALL_STATS
 from flowscale_ray.runtime.messages import ComponentSpec
+from flowscale_ray.runtime.placement import cost  # rows (NFE) a request costs, as placement counts them
+from flowscale_ray.search.protocol import Batch
 
 
 class DelayReplica:
@@ -71,6 +73,19 @@ class DelayReplica:
         *adopt_states: Any,
     ) -> tuple[dict[Any, list[tuple]], None]:
         started = time.perf_counter()
+        out, rows = self.compute(work, opens, releases, adopt_keys, adopt_states)
+        time.sleep(self._delay(rows))
+        return self.account(out, rows, time.perf_counter() - started), None
+
+    def compute(
+        self,
+        work: Sequence[tuple[Any, tuple]],
+        opens: Sequence[tuple[Any, Any, int]],
+        releases: Sequence[tuple[Any, Sequence[int]]],
+        adopt_keys: Sequence[Any],
+        adopt_states: Sequence[Any],
+    ) -> tuple[dict[Any, Any], int]:
+        """A call's results (per task key, ParticleResult fields as tuples) and its velocity rows; no delay."""
         for key, prompt, _seed in opens:
             self.prompts[key] = prompt.id
             self.live.setdefault(key, set())
@@ -80,9 +95,6 @@ class DelayReplica:
             self.live.setdefault(key, set()).update(pid for pid, _ in states)
         out: dict[Any, Any] = {}
         rows = 0
-        from flowscale_ray.runtime.placement import cost  # rows (NFE) a request costs, as placement counts them
-        from flowscale_ray.search.protocol import Batch
-
         for key, packed in work:
             batch = Batch.unpack(packed)
             res = []
@@ -95,15 +107,17 @@ class DelayReplica:
                 self.live.setdefault(key, set()).add(pid)
                 rows += nfe
             out[key] = res
-        time.sleep(self._delay(rows))
+        return out, rows
+
+    def account(self, out: dict[Any, Any], rows: int, busy: float) -> dict[Any, Any]:
+        """Count a call of `rows` velocity rows that kept the replica busy `busy` seconds; adds CALL_STATS."""
         self.nfe += rows
         self.rows.append(rows)
-        busy = time.perf_counter() - started
         self.busy_seconds += busy
         self.calls += 1
         count = sum(len(v) for v in out.values())
         out[CALL_STATS] = {"seconds": busy, "step_seconds": busy, "reward_seconds": 0.0, "rows": count, "nfe": rows}
-        return out, None
+        return out
 
     def _delay(self, rows: int) -> float:
         """Seconds a call of `rows` velocity rows takes: one delay per model call of `micro_batch` rows (padded,

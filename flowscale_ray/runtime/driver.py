@@ -42,6 +42,8 @@ log = logging.getLogger("flowscale_ray.runtime")
 class RayExecutor:
     """Implements `flowscale_ray.execution.Executor` on a Ray cluster."""
 
+    scheduler_class: type[Scheduler] = Scheduler  # one per run (the benchmarks time an instrumented subclass)
+
     def __init__(
         self,
         model: ComponentSpec,
@@ -53,7 +55,9 @@ class RayExecutor:
         top_k: int = 1,
     ) -> None:
         """`worker`: the replica class, built with (model, sampler, reward, held_out, micro_batch) and speaking
-        `protocol.Replica` (ReplicaWorker; the benchmarks pass a GPU stand-in)."""
+        `protocol.Replica` (ReplicaWorker; the benchmarks pass a GPU stand-in). A worker with a `spawn(args,
+        options)` class method places its replicas itself: it returns (handles speaking `protocol.Replica`, the
+        actors to kill on `close`), as the benchmarks' virtual replicas do (many replicas in a few processes)."""
         if not ray.is_initialized():
             raise RuntimeFailure("Ray is not initialised: call ray.init() (flowscale run does) first")
         self.options = opts = options or RuntimeOptions()
@@ -65,10 +69,16 @@ class RayExecutor:
         self.context = SearchContext(grid=sampler.grid_times())
         separate = opts.reward_actors > 0
         args = (model, sampler, None if separate else reward, None if separate else held_out, opts.micro_batch)
-        cls: Any = ray.remote(worker).options(
-            num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_restarts=opts.max_restarts, max_task_retries=0
-        )
-        self.replicas: list[Any] = [cls.remote(*args) for _ in range(opts.replicas)]  # actor handles
+        spawn = getattr(worker, "spawn", None)
+        self.replicas: list[Any]  # actor handles (or handles that speak for a replica hosted in a shared actor)
+        if spawn is not None:
+            self.replicas, self._actors = spawn(args, opts)
+        else:
+            cls: Any = ray.remote(worker).options(
+                num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_restarts=opts.max_restarts, max_task_retries=0
+            )
+            self.replicas = [cls.remote(*args) for _ in range(opts.replicas)]
+            self._actors = list(self.replicas)
         self.incarnations = self._wait_ready(range(opts.replicas))
         self.model_id = self._model_id
         self.restarts = [0] * opts.replicas
@@ -84,7 +94,7 @@ class RayExecutor:
         """Yield one TaskResult per task, in completion order, pulling tasks lazily. If the caller stops early
         or an error escapes (a search that raises, a RuntimeFailure), the unfinished searches are discarded
         (closed on the replicas), so `run` can be called again."""
-        s = Scheduler(self, tasks)
+        s = self.scheduler_class(self, tasks)
         self._unfinished.add(s)
         try:
             while True:
@@ -118,9 +128,9 @@ class RayExecutor:
     def close(self) -> None:
         """Discard unfinished searches and stop every replica and reward actor."""
         self.discard_unfinished()
-        for actor in self.replicas:
+        for actor in self._actors:
             ray.kill(actor, no_restart=True)
-        self.replicas = []
+        self.replicas, self._actors = [], []
         self.rewards.shutdown()
 
     shutdown = close  # the name before the Executor contract

@@ -1,0 +1,191 @@
+"""The scaling benchmark on virtual replicas (`flowscale bench --virtual`): the real driver against a naive Ray
+loop, side by side on the same virtual replicas, and the driver's CPU per scheduling round by category.
+
+For each delay (simulated GPU seconds per started micro-batch of `micro_batch` rows) and each replica count n:
+one `RayExecutor` over n virtual replicas (`virtual.VirtualReplica`, hosted by a few async actors), a warm-up,
+then `per_replica * n * waves` searches with `per_replica * n` in flight (work grows with n). Then `NaiveLoop`
+on the same virtual replicas makes the same number of rows in full micro-batches, two calls in flight per
+replica. Both report:
+
+- parallel efficiency = ideal time / wall time, where ideal time = (rows / micro_batch) x delay / n: the wall
+  time of n GPUs doing the same rows in full micro-batches back to back (padding and idle time both count
+  against it);
+- busy = simulated GPU time (padding included) / (n x wall);
+- fill = rows / padded rows; late = how long the hosts' sleeps ran past their nominal end (the hosts' event
+  loops under load: on a real GPU that time does not exist, here it counts as idle).
+
+The driver's run is timed by category (`virtual.TimedScheduler`, main-thread CPU, exclusive) and counts Ray's
+own threads in the driver process (process CPU minus main-thread CPU). The recorder is the one `flowscale run`
+uses when it serves Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import ray
+
+from flowscale_ray.benchmark.measure import BenchSetup
+from flowscale_ray.benchmark.virtual import CATEGORIES, Clock, NaiveLoop, TimedRecorder, TimedScheduler, VirtualReplica
+from flowscale_ray.runtime.messages import ComponentSpec
+
+
+def _stats(handles: list[Any], timeout_s: float) -> dict[str, float]:
+    per = ray.get([h.stats.remote() for h in handles], timeout=timeout_s)
+    keys = ("gpu_seconds", "late_seconds", "calls", "nfe")
+    return {k: float(sum(s[k] for s in per)) for k in keys}
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in after}
+
+
+def _figures(n: int, delay_s: float, micro_batch: int, wall: float, d: dict[str, float]) -> dict[str, Any]:
+    ideal = d["nfe"] / micro_batch * delay_s / n
+    padded = d["gpu_seconds"] / delay_s * micro_batch
+    return {
+        "wall_s": wall,
+        "nfe": int(d["nfe"]),
+        "nfe_per_s": d["nfe"] / wall,
+        "ideal_s": ideal,
+        "parallel_efficiency": ideal / wall,
+        "busy_fraction": d["gpu_seconds"] / (n * wall),
+        "fill": d["nfe"] / padded if padded else 0.0,
+        "late_fraction": d["late_seconds"] / (n * wall),
+        "calls": int(d["calls"]),
+        "rows_per_call": d["nfe"] / max(1.0, d["calls"]),
+    }
+
+
+def driver_run(
+    setup: BenchSetup, n: int, delay_s: float, micro_batch: int, per_replica: int, waves: int, hosts: int,
+    timeout_s: float, naive: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """One replica count at one delay: the driver's run (timed by category), then the naive loop's."""
+    from flowscale_ray.observe.recorder import RunRecorder
+    from flowscale_ray.runtime.driver import RayExecutor, RuntimeOptions
+
+    ex = RayExecutor(
+        ComponentSpec("delay", {}),
+        setup.sampler,
+        ComponentSpec("delay", {}),
+        options=RuntimeOptions(
+            replicas=n, in_flight=per_replica * n, micro_batch=micro_batch, call_timeout_s=timeout_s, num_cpus=0
+        ),
+        worker=VirtualReplica.configured(delay_s, hosts),
+    )
+    try:
+        list(ex.run(setup.tasks(min(n, 16))))  # warm-up: first calls on every host
+        prompts = per_replica * n * waves
+        tasks = setup.tasks(prompts, offset=n)
+        clock = Clock()
+        ex.clock = clock  # type: ignore[attr-defined]
+        ex.scheduler_class = TimedScheduler
+        ex.recorder = TimedRecorder(  # type: ignore[assignment]
+            RunRecorder("bench", "delay", "delay", prompts=prompts, planned_nfe=0, replicas=n, prometheus=True), clock
+        )
+        before, rounds0, calls0 = _stats(ex.replicas, timeout_s), ex.metrics["rounds"], ex.metrics["calls"]
+        cpu0, main0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
+        clock.last = main0
+        nfe = sum(r.nfe for r in ex.run(tasks))
+        wall = time.perf_counter() - t0
+        cpu, main = time.process_time() - cpu0, time.thread_time() - main0
+        after = _stats(ex.replicas, timeout_s)
+        rounds = ex.metrics["rounds"] - rounds0
+        d = _delta(after, before)
+        if int(d["nfe"]) != nfe:
+            raise RuntimeError(f"the replicas computed {d['nfe']:.0f} rows, the searches were charged {nfe}")
+        row: dict[str, Any] = {
+            "replicas": n,
+            "delay_ms": delay_s * 1000,
+            "prompts": prompts,
+            **_figures(n, delay_s, micro_batch, wall, d),
+            "rounds": rounds,
+            "rounds_per_s": rounds / wall,
+            "step_calls_sent": ex.metrics["calls"] - calls0,
+            "driver_cpu_fraction": cpu / wall,
+            "driver_ms_per_round": 1000 * cpu / max(1, rounds),
+        }
+        per_round = {k: 1000 * v / max(1, rounds) for k, v in clock.seconds.items()}
+        per_round["other (loop)"] = 1000 * (main - sum(clock.seconds.values())) / max(1, rounds)
+        per_round["ray threads"] = 1000 * (cpu - main) / max(1, rounds)
+        row["driver_ms_per_round_by_category"] = per_round
+        if naive:
+            loop = NaiveLoop(ex.replicas, micro_batch)
+            calls = max(1, math.ceil(nfe / (n * micro_batch)))
+            before = _stats(ex.replicas, timeout_s)
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            rows = loop.run(calls)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            d = _delta(_stats(ex.replicas, timeout_s), before)
+            if rows != int(d["nfe"]) or rows != calls * n * micro_batch:
+                raise RuntimeError(f"the naive loop got {rows} rows back, the replicas computed {d['nfe']:.0f}")
+            row["naive"] = {
+                **_figures(n, delay_s, micro_batch, wall, d),
+                "driver_cpu_fraction": cpu / wall,
+                "driver_ms_per_call": 1000 * cpu / max(1.0, d["calls"]),
+            }
+    finally:
+        ex.close()
+    return row
+
+
+def virtual_scaling(
+    setup: BenchSetup,
+    replica_counts: list[int],
+    delays_s: list[float],
+    per_replica: int = 8,
+    micro_batch: int = 8,
+    waves: int = 2,
+    hosts: int = 2,
+    timeout_s: float = 600.0,
+    naive: bool = True,
+    log=print,
+) -> list[dict[str, Any]]:
+    """Driver and naive loop at every (delay, replica count)."""
+    rows = []
+    for delay_s in delays_s:
+        for n in replica_counts:
+            row = driver_run(setup, n, delay_s, micro_batch, per_replica, waves, hosts, timeout_s, naive)
+            rows.append(row)
+            log(format_row(row))
+    return rows
+
+
+def format_row(r: dict[str, Any]) -> str:
+    text = (
+        f"{r['delay_ms']:5.0f} ms x {r['replicas']:>4}: driver eff {r['parallel_efficiency']:.3f} busy "
+        f"{r['busy_fraction']:.3f} fill {r['fill']:.3f} late {r['late_fraction']:.3f}, "
+        f"{r['rounds_per_s']:6.0f} rounds/s, {r['driver_ms_per_round']:.2f} ms/round "
+        f"({r['driver_cpu_fraction']:.0%} of a core)"
+    )
+    if "naive" in r:
+        nv = r["naive"]
+        text += f" | naive eff {nv['parallel_efficiency']:.3f} busy {nv['busy_fraction']:.3f}"
+    return text
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| delay per micro-batch | replicas | driver efficiency | driver busy | fill | naive efficiency | naive busy "
+        "| rounds/s | driver ms/round | driver CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        nv = r.get("naive", {})
+        ne = f"{nv['parallel_efficiency']:.3f}" if nv else "-"
+        nb = f"{nv['busy_fraction']:.3f}" if nv else "-"
+        lines.append(
+            f"| {r['delay_ms']:.0f} ms | {r['replicas']} | {r['parallel_efficiency']:.3f} | {r['busy_fraction']:.3f} "
+            f"| {r['fill']:.3f} | {ne} | {nb} | {r['rounds_per_s']:.0f} | {r['driver_ms_per_round']:.2f} "
+            f"| {r['driver_cpu_fraction']:.0%} |"
+        )
+    cats = [*CATEGORIES, "other (loop)", "ray threads"]
+    lines += ["", "Driver CPU per round (ms), by category:", "", "| delay | replicas | " + " | ".join(cats) + " |"]
+    lines.append("|---|---|" + "---|" * len(cats))
+    for r in rows:
+        b = r["driver_ms_per_round_by_category"]
+        lines.append(f"| {r['delay_ms']:.0f} ms | {r['replicas']} | " + " | ".join(f"{b[c]:.3f}" for c in cats) + " |")
+    return "\n".join(lines)
