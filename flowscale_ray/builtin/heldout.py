@@ -135,12 +135,12 @@ class HeldoutCountingReward(Reward):
         self.batch_size = int(batch_size)
         self.net = load_counter(weights)
 
-    @torch.no_grad()
     def log_probs(self, samples: Tensor) -> Tensor:
-        """Log-probabilities [B, 8, 9] of each count of each class."""
+        """Log-probabilities [B, 8, 9] of each count of each class; differentiable in `samples` (the weights
+        are frozen, so nothing is recorded unless the samples require grad, as under gradient guidance)."""
         if samples.ndim != 4 or samples.shape[1] != 3:
             raise ValueError(f"expected images [B, 3, H, W], got {tuple(samples.shape)}")
-        x = torch.nan_to_num(samples.detach().to("cpu", torch.float32), nan=0.0).clamp(0.0, 1.0)
+        x = torch.nan_to_num(samples.to("cpu", torch.float32), nan=0.0).clamp(0.0, 1.0)
         if x.shape[-2:] != (shapes.IMAGE_SIZE, shapes.IMAGE_SIZE):
             x = F.interpolate(x, size=(shapes.IMAGE_SIZE, shapes.IMAGE_SIZE), mode="area")
         out = [self.net(x[i : i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]

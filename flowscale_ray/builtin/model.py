@@ -233,8 +233,9 @@ class ShapesFlowModel(FlowModel):
     def encode(self, prompts: Sequence[str]) -> Condition:
         return {"y": encode_texts(prompts).to(self.device, self.dtype)}
 
-    @torch.no_grad()
     def velocity(self, x: Tensor, t: Tensor, cond: Condition) -> Tensor:
+        # No no_grad here: the weights are frozen, so autograd records nothing unless x requires grad, which
+        # gradient guidance (core.guidance) needs; callers sampling without guidance run under inference_mode.
         x = x.to(self.device, self.dtype)
         t = t.to(self.device, self.dtype).reshape(-1).expand(x.shape[0])
         y = cond["y"].to(self.device, self.dtype)

@@ -29,6 +29,7 @@ from flowscale_ray.core.conversions import (
     velocity_to_x0,
 )
 from flowscale_ray.core.diffusion import DIFFUSION_SCHEDULES, diffusion_coefficient
+from flowscale_ray.core.guidance import GuidanceSpec
 from flowscale_ray.core.interpolants import INTERPOLANTS, Interpolant, get_interpolant
 from flowscale_ray.core.timegrid import TIME_GRIDS, time_grid
 
@@ -58,6 +59,7 @@ class SamplerSpec:
     grid: str = "sqrt"
     final_step: str = "denoise"
     shift: float = 1.0  # timestep shift applied to the grid (timegrid.shift_time); SD3 3.0, FLUX.1-dev exp(mu)
+    guidance: GuidanceSpec | None = None  # DPS-style reward-gradient guidance (core.guidance); None: off
 
     def __post_init__(self) -> None:
         if self.interpolant not in INTERPOLANTS:
@@ -76,6 +78,16 @@ class SamplerSpec:
             raise ValueError(f"sampler.shift: must be a finite number > 0, got {self.shift!r}")
         if not 0 <= self.diffusion_norm < float("inf"):
             raise ValueError(f"sampler.diffusion_norm: must be a finite number >= 0, got {self.diffusion_norm}")
+        object.__setattr__(self, "guidance", GuidanceSpec.from_value(self.guidance))
+        if self.guided and not self.sde:
+            raise ValueError(
+                "sampler.guidance: needs an SDE sampler (sde: true); with g = 0 the guidance term vanishes"
+            )
+
+    @property
+    def guided(self) -> bool:
+        """Whether reward-gradient guidance is on (a guidance section with scale > 0)."""
+        return self.guidance is not None and self.guidance.active
 
     @property
     def label(self) -> str:
@@ -116,14 +128,19 @@ class Dynamics:
         return diffusion_coefficient(self.spec.diffusion, self.spec.diffusion_norm, s, self.target)
 
     # -- moves ----------------------------------------------------------------------------------------
-    def step(self, x: Tensor, u: Tensor, s: Tensor, s_next: Tensor, noise: Tensor | None) -> Tensor:
-        """One Euler (ODE) or Euler-Maruyama (SDE) step from s to s_next < s. `noise` ~ N(0, I) for SDE."""
+    def step(
+        self, x: Tensor, u: Tensor, s: Tensor, s_next: Tensor, noise: Tensor | None, guide: Tensor | None = None
+    ) -> Tensor:
+        """One Euler (ODE) or Euler-Maruyama (SDE) step from s to s_next < s. `noise` ~ N(0, I) for SDE.
+        `guide` (SDE only) is added to the score: scale * grad_x r(x0_hat(x)) for guided rows (core.guidance)."""
         s, s_next = s.to(torch.float64), s_next.to(torch.float64)
         ds = s - s_next
         if not self.spec.sde:
             return x - _bcast(ds, x) * u
         g = self.g(s)
         score = velocity_to_score(self.target, x, u, s)
+        if guide is not None:
+            score = score + guide.to(score.dtype)
         drift = u - _bcast(0.5 * g**2, x) * score
         out = x - _bcast(ds, x) * drift
         if noise is not None:

@@ -20,8 +20,11 @@ import torch
 from torch import Tensor
 
 from flowscale_ray.core.dynamics import Dynamics, SamplerSpec
+from flowscale_ray.core.guidance import GUIDED_STEP_NFE, reward_gradient, step_index
 from flowscale_ray.core.noise import SeedDeriver, standard_normal
 from flowscale_ray.models.base import Condition, FlowModel, cat_conditions
+from flowscale_ray.prompts import Prompt
+from flowscale_ray.rewards.base import Reward
 from flowscale_ray.search.protocol import Batch, Expand, Init, Move, NoiseKey
 
 TaskKey = Hashable
@@ -33,6 +36,7 @@ class Particle:
     s: float
     u: Tensor | None = None  # cached velocity at (x, s)
     x0: Tensor | None = None  # x0 estimate at (x, s)
+    grad: Tensor | None = None  # guidance: grad_x r(x0_hat) at (x, s), computed when a guided step leaves it
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Evaluated:
 class _Task:
     seeds: SeedDeriver  # (run seed, prompt id) prefix
     cond: Condition
+    prompt: Prompt  # what the guidance reward is given
 
 
 class ParticleEngine:
@@ -62,10 +67,20 @@ class ParticleEngine:
         self.tasks: dict[TaskKey, _Task] = {}
         self.nfe = 0  # velocity rows evaluated (padding excluded)
         self.model_calls = 0
+        # Guidance (sampler.guidance, core.guidance): the differentiable reward, set by the executor that owns
+        # the engine, and the reward gradients computed (each charged GUIDED_STEP_NFE to the search).
+        self.guide: Reward | None = None
+        self.gradients = 0
 
     # -- task lifecycle ---------------------------------------------------------------------------------
-    def open_task(self, key: TaskKey, prompt_id: str, prompt_text: str, seed: int) -> None:
-        self.tasks[key] = _Task(seeds=SeedDeriver(seed, prompt_id), cond=self.model.encode([prompt_text]))
+    def open_task(
+        self, key: TaskKey, prompt_id: str, prompt_text: str, seed: int, prompt: Prompt | None = None
+    ) -> None:
+        self.tasks[key] = _Task(
+            seeds=SeedDeriver(seed, prompt_id),
+            cond=self.model.encode([prompt_text]),
+            prompt=prompt if prompt is not None else Prompt(prompt_id, prompt_text),
+        )
 
     def close_task(self, key: TaskKey) -> None:
         self.tasks.pop(key, None)
@@ -142,6 +157,62 @@ class ParticleEngine:
             self.model_calls += 1
         return torch.cat(outs)
 
+    # -- guidance ----------------------------------------------------------------------------------------------
+    def _guided(self, s: float) -> bool:
+        g = self.spec.guidance
+        return g is not None and g.guides(step_index(s, self.grid), len(self.grid) - 1)
+
+    def _gradients(self, rows: list[tuple[TaskKey, Particle]]) -> None:
+        """Compute and cache grad_x r(x0_hat(x)) of the given particles (pooled, in micro-batches when set)."""
+        if not rows:
+            return
+        if self.guide is None:
+            raise ValueError("sampler.guidance: no reward to guide with in the process that steps the particles")
+        guide = self.guide
+        keys = [k for k, _ in rows]
+        x = torch.stack([p.x for _, p in rows])
+        s = torch.tensor([p.s for _, p in rows], dtype=torch.float64)
+        cond = self._conditions(keys)
+        prompts = [self.tasks[k].prompt for k in keys]
+        n = x.shape[0]
+        size = self.micro_batch or n
+        grads = []
+        for start in range(0, n, size):
+            idx = torch.arange(start, min(start + size, n))
+            real = idx.numel()
+            if self.micro_batch and real < size:  # same padding as velocity calls (batch invariance)
+                idx = torch.cat([idx, idx[-1:].repeat(size - real)])
+            cb = {k: v.index_select(0, idx.to(v.device)) for k, v in cond.items()}
+            pb = [prompts[i] for i in idx.tolist()]
+
+            def velocity(xg: Tensor, sg: Tensor, cb: Condition = cb) -> Tensor:
+                x_model, t_model, conv = self.dynamics.model_query(xg, sg)
+                xm = x_model.to(device=self.model.device, dtype=self.model.dtype)
+                u_model = self.model.velocity(xm, t_model.to(device=self.model.device, dtype=torch.float32), cb)
+                self.model_calls += 1
+                if not u_model.requires_grad:  # else the x0 formula's own x term would give a silently wrong gradient
+                    raise ValueError(
+                        f"sampler.guidance: model {self.model.model_id!r} gives no gradient (its velocity runs "
+                        "without autograd); guidance needs a differentiable model"
+                    )
+                return self.dynamics.target_velocity(xg, u_model.to(device="cpu", dtype=torch.float32), conv)
+
+            def decode(x0: Tensor) -> Tensor:
+                return self.model.decode(x0.to(device=self.model.device, dtype=self.model.dtype)).float().cpu()
+
+            g = reward_gradient(
+                x.index_select(0, idx),
+                s.index_select(0, idx),
+                velocity,
+                self.dynamics.x0,
+                decode,
+                lambda images, pb=pb: guide(images, pb),  # type: ignore[misc]
+            )
+            grads.append(g[:real])
+        for (_, p), g_row in zip(rows, torch.cat(grads).float().unbind(0), strict=True):
+            p.grad = g_row.clone()
+        self.gradients += n
+
     # -- moves -------------------------------------------------------------------------------------------------
     def _apply(self, key: TaskKey, rows: list[tuple[Particle, Move]]) -> list[Particle]:
         """Apply one move to each particle (velocities already cached for steps); returns new particles."""
@@ -166,6 +237,13 @@ class ParticleEngine:
                 if self.spec.sde:
                     z = torch.stack([self.noise(key, rows[i][1].noise or _missing_noise()) for i in idx])
                 x_new = self.dynamics.step(x, u, s, s_to, z)
+                guided = [j for j, i in enumerate(idx) if rows[i][0].grad is not None]
+                if guided:  # guided rows again, with the reward gradient in the score (core.guidance)
+                    g = torch.tensor(guided)
+                    scale = self.spec.guidance.scale  # type: ignore[union-attr]
+                    guide = scale * torch.stack([rows[idx[j]][0].grad for j in guided])  # type: ignore[misc]
+                    x_new = x_new.clone()
+                    x_new[g] = self.dynamics.step(x[g], u[g], s[g], s_to[g], None if z is None else z[g], guide)
             for j, i in enumerate(idx):
                 out[i] = Particle(x=x_new[j].float(), s=rows[i][1].s_to)
         return out  # type: ignore[return-value]
@@ -200,6 +278,15 @@ class ParticleEngine:
             self._velocity([(k, p) for k, p, _ in need.values()])
             for k, _, pid in need.values():
                 spent[(k, pid)] += 1
+            if self.spec.guided:  # the reward gradient of each guided state, once per state (core.guidance)
+                grad_need: dict[int, tuple[TaskKey, Particle, int]] = {}
+                for _, k, e, p in movers:
+                    m = e.moves[r]
+                    if not m.renoise and p.grad is None and id(p) not in grad_need and self._guided(p.s):
+                        grad_need[id(p)] = (k, p, e.pid)
+                self._gradients([(k, p) for k, p, _ in grad_need.values()])
+                for k, _, pid in grad_need.values():
+                    spent[(k, pid)] += GUIDED_STEP_NFE
             by_task: dict[TaskKey, list[int]] = {}
             for i, k, _, _ in movers:
                 by_task.setdefault(k, []).append(i)

@@ -73,6 +73,8 @@ class InProcessExecutor:
             raise ValueError(f"top_k: must be >= 1, got {top_k}")
         self.engine = engine
         self.reward = reward
+        if engine.spec.guided and engine.guide is None:
+            engine.guide = reward  # gradient guidance differentiates the search's reward (core.guidance)
         self.held_out = held_out
         self.in_flight = in_flight
         self.top_k = top_k  # particles of outcome.selected finalized per prompt (TaskResult.selected)
@@ -130,7 +132,7 @@ class InProcessExecutor:
 
     def _start(self, key: int, task: SearchTask) -> _Running:
         seed = task.effective_seed
-        self.engine.open_task(key, task.prompt.id, task.prompt.text, seed)
+        self.engine.open_task(key, task.prompt.id, task.prompt.text, seed, prompt=task.prompt)
         gen = task.method.search(self.context, decision_seed(seed, task.prompt.id))
         run = _Running(key=key, task=task, gen=gen, batch=next(gen), started=time.perf_counter())
         return run

@@ -54,6 +54,13 @@ class ReplicaWorker:
         self.engine = ParticleEngine(build_model_from(model), sampler, micro_batch=micro_batch)
         self.reward = build_reward_from(reward)
         self.held_out = build_reward_from(held_out)
+        if sampler.guided:  # gradient guidance needs the model and the reward in this process (core.guidance)
+            if self.reward is None:
+                raise ValueError(
+                    "sampler.guidance: the reward gradient needs the reward in the model replicas; "
+                    "set executor.reward_actors: 0 or remove the guidance"
+                )
+            self.engine.guide = self.reward
         self.prompts: dict[Any, Prompt] = {}
         self.busy_seconds = 0.0
         self.calls = 0
@@ -68,7 +75,7 @@ class ReplicaWorker:
     def _open(self, opens: Sequence[tuple[Any, Prompt, int]]) -> None:
         for key, prompt, seed in opens:
             if not self.engine.has_task(key):
-                self.engine.open_task(key, prompt.id, prompt.text, seed)
+                self.engine.open_task(key, prompt.id, prompt.text, seed, prompt=prompt)
                 self.prompts[key] = prompt
 
     def run(
@@ -174,6 +181,7 @@ class ReplicaWorker:
             "calls": self.calls,
             "nfe": self.engine.nfe,
             "model_calls": self.engine.model_calls,
+            "gradients": self.engine.gradients,
             "live_particles": len(self.engine.particles),
             "open_tasks": len(self.engine.tasks),
         }
