@@ -22,6 +22,7 @@ SETTINGS = {
     "sop": {},
     "abf": {"nfe_budget": 40},
     "vt": {"nfe_budget": 40},
+    "sh": {"n": 8, "checkpoints": (0.3, 0.6), "keep": 0.5},
 }
 
 

@@ -25,6 +25,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "smc": "flowscale_ray.search.smc:SMC",
     "abf": "flowscale_ray.search.adaptive_rbf:AdaptiveBudgetForcing",
     "vt": "flowscale_ray.search.verifier_threshold:VerifierThreshold",
+    "sh": "flowscale_ray.search.successive_halving:SuccessiveHalving",
 }
 
 
