@@ -80,7 +80,7 @@ def test_markdown_report_writes_pngs_beside_it(run_dir, tmp_path):
 def test_timeline_and_curves_from_the_run(run_dir):
     import json
 
-    timeline = json.loads((run_dir / "rep" / "timeline.json").read_text())
+    timeline = json.loads((run_dir / "rep" / ".flowscale" / "timeline.json").read_text())
     assert timeline["method"] == "rbf" and timeline["replicas"] == ["0"]
     samples = timeline["samples"]
     assert len(samples) >= 2 and samples[-1]["done"] == 5 and samples[-1]["busy"]["0"] > 0
@@ -116,3 +116,86 @@ def test_not_a_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("flowscale: error: report: ") and "not a flowscale run" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------- reward hacking
+
+
+@pytest.fixture(scope="module")
+def hacked_dir(tmp_path_factory):
+    """The built-in task with a reward that is easy to hack: JPEG compressibility (flat, empty images compress
+    best), the CNN counter held out, Best-of-N against plain sampling on the same prompts and seeds."""
+    out = tmp_path_factory.mktemp("hacking")
+    job = load_job(
+        {
+            "name": "hack",
+            "model": {"name": "shapes"},
+            "sampler": {"preset": "linear-sde", "steps": 4},
+            "method": {"name": "bon", "n": 6},
+            "compare_with": [{"name": "base"}],
+            "reward": {"name": "jpeg_compressibility"},
+            "held_out": {"name": "counting_heldout"},
+            "prompts": [
+                "3 red circles",
+                "2 blue squares and 4 yellow circles",
+                "5 green squares",
+                "1 yellow square and 3 red circles",
+                "4 blue circles and 2 green circles",
+                "6 yellow circles",
+                "2 red squares",
+                "7 blue circles",
+            ],
+            "output": {"dir": str(out), "save_images": False},
+            "metrics": {"progress": "off"},
+        }
+    )
+    run_with_baselines(job)
+    return out
+
+
+def test_reward_hacking_lists_prompts_whose_reward_rose_while_the_held_out_fell(hacked_dir, tmp_path):
+    import pyarrow.dataset as ds
+
+    from flowscale_ray.config import StorageConfig
+    from flowscale_ray.observe.report import load_runs, reward_hacking
+
+    def rows(run):
+        table = ds.dataset(str(hacked_dir / run / "data"), format="parquet").to_table()
+        return {r["prompt_id"]: r for r in table.to_pylist()}
+
+    base, bon = rows("hack-base"), rows("hack")
+    expected = sorted(
+        p for p in bon if bon[p]["reward"] > base[p]["reward"] and bon[p]["held_out"] < base[p]["held_out"]
+    )
+    assert expected, "the hackable reward should have fooled the search on some prompt"
+    assert len(expected) < len(bon)  # and not on every prompt: the flag discriminates
+    runs = load_runs(str(hacked_dir / "hack"), StorageConfig())
+    assert [r.method for r in runs] == ["base", "bon"]
+    found = reward_hacking(runs)
+    assert found is not None and set(found) == {"bon"}
+    compared, flags = found["bon"]
+    assert compared == len(bon) and sorted(f.prompt_id for f in flags) == expected
+    drops = [f.held_out - f.base_held_out for f in flags]
+    assert drops == sorted(drops) and all(d < 0 for d in drops)
+    for f in flags:
+        assert f.reward == bon[f.prompt_id]["reward"] and f.base_reward == base[f.prompt_id]["reward"]
+        assert f.prompt == bon[f.prompt_id]["prompt"]
+    # Both report formats carry the section, one line per flagged prompt.
+    md = tmp_path / "r.md"
+    assert main(["report", str(hacked_dir / "hack"), "--out", str(md)]) == 0
+    text = md.read_text()
+    assert "## Reward hacking" in text and f"bon: {len(expected)} of {len(bon)} prompts" in text
+    assert sum(1 for line in text.splitlines() if line.startswith("| bon |")) == len(expected)
+    page = tmp_path / "r.html"
+    assert main(["report", str(hacked_dir / "hack"), "--out", str(page)]) == 0
+    assert "<h2>Reward hacking</h2>" in page.read_text()
+
+
+def test_no_reward_hacking_section_without_a_base_run_or_held_out(run_dir, tmp_path):
+    from flowscale_ray.config import StorageConfig
+    from flowscale_ray.observe.report import load_runs, reward_hacking
+
+    assert reward_hacking(load_runs(str(run_dir / "rep"), StorageConfig())) is None  # rbf vs smc, no held-out
+    out = tmp_path / "r.md"
+    assert main(["report", str(run_dir / "rep"), "--out", str(out)]) == 0
+    assert "Reward hacking" not in out.read_text()

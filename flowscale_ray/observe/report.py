@@ -11,6 +11,10 @@ Reads only committed shards, so a run in progress can be reported too.
 
 A run under a dataset budget (`budget: {mode: dataset}`) also gets its allocation: prompts, NFE and rounds per
 prompt by why each prompt stopped, and the budget left over time (from `timeline.json`).
+
+Reward hacking: when a `base` run (plain sampling, e.g. from `compare_with: [{name: base}]`) sits beside searched
+runs with a held-out score, the report lists, per searched method, the prompts whose given reward rose over the base
+row of the same prompt (same prompt id and seed) while the held-out score fell.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ PLOTS = (
     ("budget", "Dataset budget left over time"),
 )
 COLUMNS = ["prompt_id", "status", "rank", "method", "reward", "nfe", "step_records"]
-OPTIONAL_COLUMNS = ["rounds", "budget_stop"]  # schema 2 on
+OPTIONAL_COLUMNS = ["rounds", "budget_stop", "held_out", "prompt"]  # read when the run has them
+HACKING_SHOWN = 50  # flagged prompts listed per report (the largest held-out drops first)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -309,6 +314,83 @@ def render_plots(runs: list[RunData]) -> dict[str, bytes]:
     return plots
 
 
+# -- reward hacking ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HackingFlag:
+    """A prompt whose given reward rose under search over the base row while its held-out score fell."""
+
+    method: str
+    prompt_id: str
+    prompt: str
+    base_reward: float
+    reward: float
+    base_held_out: float
+    held_out: float
+
+
+def _finite(*values: Any) -> bool:
+    return all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+
+
+def reward_hacking(runs: list[RunData]) -> dict[str, tuple[int, list[HackingFlag]]] | None:
+    """Per searched method: (prompts compared with the base run, flagged prompts, largest held-out drop first).
+
+    None when no run is plain sampling (`base`) or no row has a held-out score. Prompts are paired by prompt id;
+    a prompt without a finite reward and held-out score in both rows is not compared."""
+    base = next((r for r in runs if r.method == "base"), None)
+    if base is None or not any(_finite(r.get("held_out")) for run in runs for r in run.rows):
+        return None
+    by_id = {r["prompt_id"]: r for r in base.rows}
+    out: dict[str, tuple[int, list[HackingFlag]]] = {}
+    for run in runs:
+        if run is base:
+            continue
+        compared, flags = 0, []
+        for row in run.rows:
+            b = by_id.get(row["prompt_id"])
+            if b is None or not _finite(row["reward"], row.get("held_out"), b["reward"], b.get("held_out")):
+                continue
+            compared += 1
+            if row["reward"] > b["reward"] and row["held_out"] < b["held_out"]:
+                text = row.get("prompt") or ""
+                flags.append(
+                    HackingFlag(
+                        run.method, row["prompt_id"], text, b["reward"], row["reward"], b["held_out"], row["held_out"]
+                    )
+                )
+        flags.sort(key=lambda f: (f.held_out - f.base_held_out, f.prompt_id))
+        out[run.method] = (compared, flags)
+    return out
+
+
+def hacking_lines(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
+    """(one summary line per searched method, table rows with a header) for the reward-hacking section."""
+    found = reward_hacking(runs)
+    if found is None:
+        return [], []
+    summary = [
+        f"{method}: {len(flags)} of {compared} prompts (given reward up, held-out down vs base)"
+        for method, (compared, flags) in found.items()
+    ]
+    table = [["method", "prompt id", "prompt", "reward: base -> search", "held-out: base -> search"]]
+    flags = sorted(
+        (f for _, fs in found.values() for f in fs), key=lambda f: (f.held_out - f.base_held_out, f.prompt_id)
+    )
+    for f in flags[:HACKING_SHOWN]:
+        table.append(
+            [
+                f.method,
+                f.prompt_id,
+                f.prompt,
+                f"{f.base_reward:.4g} -> {f.reward:.4g} (+{f.reward - f.base_reward:.3g})",
+                f"{f.base_held_out:.4g} -> {f.held_out:.4g} ({f.held_out - f.base_held_out:.3g})",
+            ]
+        )
+    if len(flags) > HACKING_SHOWN:
+        summary.append(f"(the {HACKING_SHOWN} largest held-out drops of {len(flags)} are listed)")
+    return summary, table
+
+
 # -- documents -----------------------------------------------------------------------------------------------------
 def summary_rows(runs: list[RunData]) -> list[list[str]]:
     def fmt(v: Any) -> str:
@@ -357,6 +439,18 @@ def render_html(runs: list[RunData], plots: dict[str, bytes]) -> str:
             for row, t in zip(allocation, ["th"] + ["td"] * (len(allocation) - 1), strict=True)
         )
         figures = f"<h2>Dataset budget: allocation</h2><table>{cells}</table>{figures}"
+    summary, hacking = hacking_lines(runs)
+    if summary:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in summary)
+        cells = "".join(
+            "<tr>" + "".join(f"<{t}>{html.escape(c)}</{t}>" for c in row) + "</tr>"
+            for row, t in zip(hacking, ["th"] + ["td"] * (len(hacking) - 1), strict=True)
+        )
+        figures = (
+            f"<h2>Reward hacking</h2><ul>{items}</ul>"
+            + (f"<table>{cells}</table>" if len(hacking) > 1 else "")
+            + figures
+        )
     config = html.escape(json.dumps(runs[-1].config, indent=1, sort_keys=True, default=str))
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
@@ -383,6 +477,12 @@ def render_markdown(runs: list[RunData], images: dict[str, str]) -> str:
         lines += ["## Dataset budget: allocation", "", "| " + " | ".join(allocation[0]) + " |"]
         lines.append("|" + "---|" * len(allocation[0]))
         lines += ["| " + " | ".join(row) + " |" for row in allocation[1:]] + [""]
+    summary, hacking = hacking_lines(runs)
+    if summary:
+        lines += ["## Reward hacking", ""] + [f"- {line}" for line in summary] + [""]
+        if len(hacking) > 1:
+            lines += ["| " + " | ".join(hacking[0]) + " |", "|" + "---|" * len(hacking[0])]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in hacking[1:]] + [""]
     for key, title in PLOTS:
         if key in images:
             lines += [f"## {title}", "", f"![{title}]({images[key]})", ""]
