@@ -35,7 +35,7 @@ def main() -> None:
         report = json.loads(Path(args.out).read_text())
     shown = ("replicas", "delay_ms", "delay_batch", "per_replica")
     cmd = "python -m benchmarks.runtime " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in shown
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in shown and v is not None
     )
     save("runtime", report, f"```\n{format_report(report)}\n```\n\nMeasured with `{cmd}`.")
 

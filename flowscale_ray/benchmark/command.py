@@ -2,6 +2,7 @@
 
     flowscale bench [JOB.yaml] [--address ADDR] [--replicas 1,4,16,64] [--delay-ms 50] [--delay-batch 8]
                     [--out bench.json]
+    flowscale bench --virtual [--replicas 1,16,64,256] [--delays 50,200] [--hosts 2] [--waves 2] ...
 
 The model, reward, sampler, method and each replica's resources come from the job file (default: the built-in
 model and reward with RBF, `jobs/bench.yaml`'s settings). Two measurements (flowscale_ray/benchmark/measure.py):
@@ -9,6 +10,11 @@ the runtime's overhead against a plain torch loop (one replica, side by side in 
 replica counts with replicas that sleep a fixed delay per model call of a fixed shape (`--delay-ms` per
 `--delay-batch` rows, standing in for a GPU's time per batch; `--delay-batch 0`: per replica call; `--delay-ms 0`
 uses real model replicas instead). Writes a JSON report and prints a short table.
+
+`--virtual` replaces the scaling run with virtual replicas (flowscale_ray/benchmark/scale.py): many GPU stand-ins
+hosted by `--hosts` async actors, the real driver against a naive Ray loop on the same replicas, at every
+`--delays` (ms per micro-batch of `--delay-batch` rows) and replica count, with the driver's CPU per round by
+category.
 """
 
 from __future__ import annotations
@@ -35,7 +41,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a job field (repeatable)",
     )
-    p.add_argument("--replicas", default="1,4,16,64", metavar="N,N,...", help="replica counts for scaling")
+    p.add_argument(
+        "--replicas",
+        default=None,
+        metavar="N,N,...",
+        help="replica counts for scaling (default 1,4,16,64; with --virtual 1,16,64,256)",
+    )
     p.add_argument(
         "--delay-ms",
         type=float,
@@ -53,6 +64,21 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--per-replica", type=int, default=8, metavar="N", help="prompts in flight per replica (8)")
     p.add_argument("--prompts", type=int, default=16, metavar="N", help="prompts in the overhead run (16)")
+    p.add_argument(
+        "--virtual",
+        action="store_true",
+        help="scaling on virtual replicas (many per process) with the driver and a naive Ray loop side by side",
+    )
+    p.add_argument(
+        "--delays",
+        default="50,200",
+        metavar="MS,MS,...",
+        help="with --virtual: milliseconds per micro-batch of --delay-batch rows (default 50,200)",
+    )
+    p.add_argument("--hosts", type=int, default=2, help="with --virtual: processes hosting the virtual replicas (2)")
+    p.add_argument(
+        "--waves", type=int, default=2, help="with --virtual: prompts = per-replica x replicas x waves (default 2)"
+    )
     p.add_argument("--skip-overhead", action="store_true", help="only the scaling run")
     p.add_argument("--skip-scaling", action="store_true", help="only the overhead run")
     p.add_argument("--out", default="bench.json", metavar="FILE", help="JSON report (default bench.json)")
@@ -78,12 +104,25 @@ DEFAULT_JOB: dict[str, Any] = {
 def run(args: argparse.Namespace) -> int:
     from flowscale_ray.config import ConfigError, apply_overrides, load_job, read_job_file
 
+    virtual = getattr(args, "virtual", False)
+    replicas = args.replicas or ("1,16,64,256" if virtual else "1,4,16,64")
     try:
-        counts = [int(c) for c in str(args.replicas).split(",") if c.strip()]
+        counts = [int(c) for c in str(replicas).split(",") if c.strip()]
         if not counts or min(counts) < 1:
             raise ValueError
     except ValueError:
-        return _error(f"--replicas: expected comma-separated counts >= 1 such as 1,4,16,64, got {args.replicas!r}")
+        return _error(f"--replicas: expected comma-separated counts >= 1 such as 1,4,16,64, got {replicas!r}")
+    try:
+        delays = [float(d) for d in str(getattr(args, "delays", "50,200")).split(",") if d.strip()]
+        if not delays or min(delays) <= 0 or not all(d < float("inf") for d in delays):
+            raise ValueError
+    except ValueError:
+        return _error(f"--delays: expected comma-separated milliseconds > 0 such as 50,200, got {args.delays!r}")
+    for name in ("hosts", "waves"):
+        if getattr(args, name, 1) < 1:
+            return _error(f"--{name}: must be >= 1, got {getattr(args, name)}")
+    if virtual and args.delay_batch < 1:
+        return _error(f"--delay-batch: must be >= 1 with --virtual (rows per micro-batch), got {args.delay_batch}")
     for name in ("per_replica", "prompts"):
         if getattr(args, name) < 1:
             return _error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
@@ -137,13 +176,31 @@ def run(args: argparse.Namespace) -> int:
             "delay_batch": args.delay_batch,
             "per_replica": args.per_replica,
             "overhead_prompts": args.prompts,
+            **({"virtual": True, "delays_ms": delays, "hosts": args.hosts, "waves": args.waves} if virtual else {}),
         },
     }
     try:
         if not args.skip_overhead:
             print(f"overhead: {args.prompts} prompts, {job.method.name} on {job.model.name}, one replica ...")
             report["overhead"] = overhead(setup, args.prompts, timeout_s=job.executor.call_timeout_s)
-        if not args.skip_scaling:
+        if not args.skip_scaling and virtual:
+            from flowscale_ray.benchmark.scale import virtual_scaling
+
+            print(
+                f"scaling: virtual replicas at {', '.join(map(str, counts))}, {', '.join(f'{d:g}' for d in delays)} "
+                f"ms per {args.delay_batch} rows, {args.per_replica} prompts each, {args.hosts} hosts ..."
+            )
+            report["virtual"] = virtual_scaling(
+                setup,
+                counts,
+                [d / 1000 for d in delays],
+                per_replica=args.per_replica,
+                micro_batch=args.delay_batch,
+                waves=args.waves,
+                hosts=args.hosts,
+                timeout_s=job.executor.call_timeout_s,
+            )
+        elif not args.skip_scaling:
             per = f"per {args.delay_batch} rows" if args.delay_batch else "per call"
             what = f"{args.delay_ms:g} ms {per} delay replicas" if args.delay_ms > 0 else f"{job.model.name} replicas"
             print(f"scaling: {what} at {', '.join(map(str, counts))} replicas, {args.per_replica} prompts each ...")
@@ -187,4 +244,8 @@ def format_report(report: dict[str, Any]) -> str:
                 f"  {r['replicas']:>8} {r['nfe_per_s']:10.0f} {r['parallel_efficiency']:11.2f} "
                 f"{r['busy_fraction']:5.2f} {r['driver_ms_per_round']:16.2f} {r['driver_cpu_fraction']:10.0%}"
             )
+    if report.get("virtual"):
+        from flowscale_ray.benchmark.scale import format_table
+
+        lines += ["Scaling on virtual replicas (driver vs naive Ray loop):", format_table(report["virtual"])]
     return "\n".join(lines)

@@ -31,6 +31,9 @@ from flowscale_ray.benchmark.measure import BenchSetup
 from flowscale_ray.benchmark.virtual import CATEGORIES, Clock, NaiveLoop, TimedRecorder, TimedScheduler, VirtualReplica
 from flowscale_ray.runtime.messages import ComponentSpec
 
+# The categories that grow with the search steps a round carries; the others are paid per call.
+STEP_CATEGORIES = ("results", "placement", "decisions", "metrics")
+
 
 def _stats(handles: list[Any], timeout_s: float) -> dict[str, float]:
     per = ray.get([h.stats.remote() for h in handles], timeout=timeout_s)
@@ -112,6 +115,11 @@ def driver_run(
         per_round["other (loop)"] = 1000 * (main - sum(clock.seconds.values())) / max(1, rounds)
         per_round["ray threads"] = 1000 * (cpu - main) / max(1, rounds)
         row["driver_ms_per_round_by_category"] = per_round
+        steps = clock.counts.get("advance", 0)  # search steps: a method fed its batch's evaluations
+        row["search_steps_per_round"] = steps / max(1, rounds)
+        per_step = sum(per_round[c] for c in STEP_CATEGORIES) / max(1e-9, row["search_steps_per_round"])
+        row["driver_ms_per_search_step"] = per_step
+        row["driver_ms_per_call"] = sum(v for c, v in per_round.items() if c not in STEP_CATEGORIES)
         if naive:
             loop = NaiveLoop(ex.replicas, micro_batch)
             calls = max(1, math.ceil(nfe / (n * micro_batch)))

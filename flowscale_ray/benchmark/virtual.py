@@ -224,10 +224,12 @@ class Clock:
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(CATEGORIES, 0.0)
+        self.counts: dict[str, int] = {}  # calls per timed method
         self.stack: list[str] = []
         self.last = time.thread_time()
 
-    def push(self, category: str) -> None:
+    def push(self, category: str, name: str = "") -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
         now = time.thread_time()
         if self.stack:
             self.seconds[self.stack[-1]] += now - self.last
@@ -245,7 +247,7 @@ def _timed(name: str, category: str) -> Any:
 
     def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
         clock: Clock = self.ex.clock
-        clock.push(category)
+        clock.push(category, name)
         try:
             return base(self, *args, **kwargs)
         finally:
@@ -284,7 +286,7 @@ class TimedRecorder:
         clock = self.clock
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            clock.push("metrics")
+            clock.push("metrics", name)
             try:
                 return method(*args, **kwargs)
             finally:

@@ -27,6 +27,7 @@ class RuntimeOptions:
     max_restarts: int = 3
     slack: float | None = None  # rows a parent's replica may be above the least-loaded one; None: micro_batch or 8
     reward_actors: int = 0  # 0: rewards run inside the model replicas; n: a pool of n reward actors
+    pipeline: int = 2  # step calls in progress per replica when micro_batch is set (1: one call at a time)
     reward_num_cpus: float = 1.0
     reward_num_gpus: float = 0.0
 

@@ -14,6 +14,7 @@ otherwise idle cluster (one prompt's 50 candidates, the other replicas at 0) sti
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from flowscale_ray.search.protocol import Batch, Expand, Init
@@ -29,13 +30,48 @@ def batch_cost(batch: Batch) -> int:
     return sum(cost(req) for req in batch.inits) + sum(cost(req) for req in batch.expands)
 
 
+class Loads:
+    """Rows queued or in progress per replica, kept up to date by the driver (not rebuilt every pass), with the
+    least-loaded replica (lowest load, then lowest index) found in O(log n) from a lazy heap: every update pushes
+    an entry and entries whose load is no longer current are dropped when they reach the top."""
+
+    __slots__ = ("heap", "values")
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = [float(v) for v in values]
+        self.heap = [(v, r) for r, v in enumerate(self.values)]
+        heapq.heapify(self.heap)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, r: int) -> float:
+        return self.values[r]
+
+    def __setitem__(self, r: int, value: float) -> None:
+        self.values[r] = value
+        if len(self.heap) > 4 * len(self.values) + 64:  # mostly stale entries: rebuild
+            self.heap = [(v, i) for i, v in enumerate(self.values)]
+            heapq.heapify(self.heap)
+        else:
+            heapq.heappush(self.heap, (value, r))
+
+    def least(self) -> int:
+        heap, values = self.heap, self.values
+        while True:
+            v, r = heap[0]
+            if values[r] == v:
+                return r
+            heapq.heappop(heap)
+
+
 @dataclass
 class Assignment:
     requests: dict[int, list[Init | Expand]] = field(default_factory=dict)  # replica -> its requests
     copies: list[tuple[int, int, int]] = field(default_factory=list)  # (pid, from replica, to replica)
     rows: dict[int, float] = field(default_factory=dict)  # replica -> velocity rows of its requests
 
-    def place(self, r: int, req: Init | Expand, loads: list[float]) -> None:
+    def place(self, r: int, req: Init | Expand, loads: list[float] | Loads) -> None:
         rows = cost(req)
         self.requests.setdefault(r, []).append(req)
         self.rows[r] = self.rows.get(r, 0.0) + rows
@@ -43,18 +79,22 @@ class Assignment:
 
 
 def plan_batch(
-    batch: Batch, holders: dict[int, set[int]], loads: list[float], slack: float, tolerance: float = 0.5
+    batch: Batch, holders: dict[int, set[int]], loads: list[float] | Loads, slack: float, tolerance: float = 0.5
 ) -> Assignment:
     """Assign a batch's requests to replicas. `holders` maps a live pid to the replicas holding it; `loads`
-    (updated in place) are the rows already queued or in progress per replica."""
+    (updated in place) are the rows already queued or in progress per replica (a list, or `Loads`, which finds
+    the least-loaded replica without a scan: the same choice)."""
     if not loads:
         raise ValueError("no replicas")
     out = Assignment()
     copied: set[tuple[int, int]] = set()
     least: int | None = None  # the least-loaded replica; only a placement on it can change which one that is
+    least_of = loads.least if isinstance(loads, Loads) else None
 
     def lightest() -> int:
         nonlocal least
+        if least_of is not None:
+            return least_of()
         if least is None:
             least = min(range(len(loads)), key=lambda r: (loads[r], r))
         return least

@@ -2,7 +2,7 @@
 
 State: the searches running (`Search`), the searches whose next batch waits to be planned (`ready`), per model
 replica the work queued for it (`queues`) and the releases to send with its next call (`releases`), the
-replicas with a step call in progress (`busy`), every call in flight by its result reference (`calls`), the
+step calls in progress per replica (`in_progress`), every call in flight by its result reference (`calls`), the
 finished searches to close on their replicas (`closes`) and the previews reference of each step call in flight
 (`previews`: owned by the driver and handed to a reward actor, never fetched here).
 
@@ -53,7 +53,7 @@ from flowscale_ray.observe.recorder import CALL_STATS, CallStats
 from flowscale_ray.runtime.calls import Call, FinalizeCall, Queued, ScoreCall, ScoreFinalCall, StepCall
 from flowscale_ray.runtime.messages import ParticleResult
 from flowscale_ray.runtime.options import RuntimeFailure, failure_cause
-from flowscale_ray.runtime.placement import batch_cost, plan_batch
+from flowscale_ray.runtime.placement import Loads, batch_cost, plan_batch
 from flowscale_ray.search.protocol import Batch, Evaluation, Expand, Init, SearchGenerator, SearchOutcome
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ class Scheduler:
         self.ready: deque[int] = deque()  # searches whose next batch waits to be planned
         self.queues: dict[int, list[Queued]] = {r: [] for r in range(n)}
         self.releases: dict[int, dict[int, list[int]]] = {r: {} for r in range(n)}  # replica -> key -> pids
-        self.busy: set[int] = set()  # replicas with a step call in progress
+        self.in_progress = [0] * n  # step calls in progress per replica (at most `options.pipeline`)
+        self.loads = Loads([0.0] * n)  # rows queued or in progress per replica (placement's view)
         self.calls: dict[Any, Call] = {}  # result reference -> the call in flight
         self.closes: dict[int, list[int]] = {}  # replica -> finished search keys to close there
         self.previews: dict[Any, Any] = {}  # step call result reference -> its previews reference
@@ -121,14 +122,11 @@ class Scheduler:
         """Plan every ready search's batch over the replicas (a batch of releases only advances at once)."""
         if not self.ready:
             return
-        n = len(self.ex.replicas)
-        # A replica's load is its queued rows plus the rows of its call in progress: counting only the queue
-        # would make a replica that just returned look overloaded next to busy ones, and copy its particles to
-        # replicas that cannot start them before their own call (and the export) is done.
-        loads = [sum(q.rows for q in self.queues[r]) for r in range(n)]
-        for c in self.calls.values():
-            if isinstance(c, StepCall):
-                loads[c.replica] += c.rows
+        # A replica's load (`self.loads`, kept up to date) is its queued rows plus the rows of its calls in
+        # progress: counting only the queue would make a replica that just returned look overloaded next to busy
+        # ones, and copy its particles to replicas that cannot start them before their own call (and the export)
+        # is done.
+        loads = self.loads
         # Searches still to be planned in this pass count on the replica holding their particles already, so
         # that a replica whose searches come later in the pass does not look idle to earlier ones.
         reserved: dict[int, tuple[int, float]] = {}
@@ -153,7 +151,7 @@ class Scheduler:
             else:
                 self.plan(t, loads)
 
-    def plan(self, t: Search, loads: list[float]) -> None:
+    def plan(self, t: Search, loads: Loads) -> None:
         """Queue t's batch on the replicas placement picks (`loads` is updated in place)."""
         batch = t.batch
         assert batch is not None
@@ -176,15 +174,36 @@ class Scheduler:
         t.results = {}
 
     def send_to_idle_replicas(self) -> None:
-        """Give every idle replica everything queued for it, in one step call."""
+        """Send each replica its queued work. Without a micro-batch: everything queued, in one call, to every
+        idle replica. With one, a replica keeps up to `pipeline` calls in progress, so that the next call is
+        already waiting on it while the driver handles the one that came back (the round trip is hidden), and
+        calls are cut in whole micro-batches: an idle replica with at least two micro-batches queued gets half
+        of them (rounded up to a micro-batch) and then, like a replica with a call in progress, only the queued
+        work that fills whole micro-batches; the rest waits for the next call (a padded micro-batch costs as
+        much as a full one). An idle replica always gets something."""
+        mb = self.ex.options.micro_batch
+        depth = max(1, self.ex.options.pipeline) if mb else 1
         for r in range(len(self.ex.replicas)):
-            if r not in self.busy and self.queues[r]:
-                items = self.queues[r]
+            while self.queues[r] and self.in_progress[r] < depth:
+                queue = self.queues[r]
+                if mb is None or depth == 1:
+                    items, rest = queue, []
+                else:
+                    total = sum(q.rows for q in queue)
+                    if self.in_progress[r] == 0:
+                        target = mb * -(-total // (2 * mb)) if total >= 2 * mb else total
+                    else:
+                        target = mb * (total // mb)
+                    items, rest = take(queue, target)
+                    if not items:
+                        if self.in_progress[r]:
+                            break
+                        items, rest = queue, []
                 ref = self.send(r, items)
                 deadline = time.monotonic() + self.ex.options.call_timeout_s
                 self.calls[ref] = StepCall(r, tuple(items), rows=sum(q.rows for q in items), deadline=deadline)
-                self.queues[r], self.releases[r] = [], {}
-                self.busy.add(r)
+                self.queues[r], self.releases[r] = rest, {}
+                self.in_progress[r] += 1
 
     def send(self, r: int, items: list[Queued]) -> Any:
         """Send a step call to replica r: its queued work, the tasks to open there, the copies to adopt (exported
@@ -281,7 +300,8 @@ class Scheduler:
 
     def step_returned(self, ref: Any, call: StepCall, value: dict[Any, Any]) -> None:
         r = call.replica
-        self.busy.discard(r)
+        self.in_progress[r] -= 1
+        self.loads[r] -= call.rows
         self.ex.metrics["rounds"] += 1
         stats = value.pop(CALL_STATS, None)
         if stats is not None:
@@ -387,7 +407,7 @@ class Scheduler:
             lost.append(self.calls.pop(other))  # type: ignore[arg-type]
             self.previews.pop(other, None)
         self.ex.wait_restarted(r)
-        self.busy.discard(r)
+        self.in_progress[r] = 0
         self.releases[r] = {}
         self.closes.pop(r, None)
         # Forget what r held; rebuild particles that now live nowhere.
@@ -493,6 +513,20 @@ class Scheduler:
         self.ready.clear()
         self.calls.clear()
         self.previews.clear()
-        self.busy.clear()
+        self.in_progress = [0] * len(self.in_progress)
+        self.loads = Loads([0.0] * len(self.in_progress))
         for r in self.queues:
             self.queues[r], self.releases[r] = [], {}
+
+
+def take(queue: list[Queued], target: float) -> tuple[list[Queued], list[Queued]]:
+    """Queued shares in order while their rows fit in `target` (a share that does not fit is skipped, a later
+    smaller one may still fit): (taken, left), both in queue order."""
+    taken, left, rows = [], [], 0.0
+    for q in queue:
+        if rows + q.rows <= target:
+            taken.append(q)
+            rows += q.rows
+        else:
+            left.append(q)
+    return taken, left

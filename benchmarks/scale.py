@@ -1,0 +1,49 @@
+"""Scaling on virtual replicas: the driver against a naive Ray loop, side by side, and the driver's CPU per round.
+
+A thin wrapper over `flowscale bench --virtual --skip-overhead` (flowscale_ray/benchmark/scale.py holds the
+measurement) that saves the figures under benchmarks/results/<name>.{json,md}:
+
+    nice .venv/bin/python -m benchmarks.scale [--name scale] [--replicas 1,16,64,256] [--delays 50,200]
+
+Defaults: RBF with 4 chains and 50 NFE per prompt on the built-in job's sampler (10 steps), 8 prompts in flight
+per replica, two waves of prompts (work grows with the replica count), micro-batches of 8 rows, 2 host processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import save
+from flowscale_ray.benchmark.command import configure_parser, format_report
+from flowscale_ray.benchmark.command import run as bench
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure_parser(ap)
+    ap.add_argument("--name", default="scale", help="results file name under benchmarks/results (scale)")
+    ap.set_defaults(virtual=True, skip_overhead=True)
+    args = ap.parse_args()
+    if not any(o.startswith("method") for o in args.overrides):
+        args.overrides = ["method.nfe_budget=50", *args.overrides]
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        args.out = str(Path(tmp) / "bench.json")
+        if bench(args) != 0:
+            raise SystemExit(2)
+        report = json.loads(Path(args.out).read_text())
+    shown = ("replicas", "delays", "delay_batch", "per_replica", "hosts", "waves")
+    cmd = "python -m benchmarks.scale " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in shown and v is not None
+    )
+    cmd += "".join(f" --set {o}" for o in args.overrides)
+    save(args.name, report, f"{format_report(report)}\n\nMeasured with `{cmd}`.")
+
+
+if __name__ == "__main__":
+    main()
