@@ -124,7 +124,7 @@ def test_run_writes_results(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "first" in out and "second" in out and "NFE" in out
     run = tmp_path / "out" / "t"
-    assert (run / "_SUCCESS").exists() and (run / "manifest.json").exists()
+    assert (run / ".flowscale" / "SUCCESS").exists() and (run / ".flowscale" / "manifest.json").exists()
     rows = ds.dataset(run / "data").to_table().to_pylist()
     assert [r["prompt"] for r in rows] == ["first", "second"]
     # ids carry the line number (and a digest of the text)
@@ -154,7 +154,8 @@ def test_compare_with_runs_baselines_side_by_side(tmp_path, capsys):
     assert main(["run", str(write(tmp_path, doc))]) == 0
     out = capsys.readouterr().out
     assert "base: reward" in out and "svdd: reward" in out and "base: NFE" in out
-    assert (tmp_path / "out" / "t-base" / "_SUCCESS").exists() and (tmp_path / "out" / "t" / "_SUCCESS").exists()
+    assert (tmp_path / "out" / "t-base" / ".flowscale" / "SUCCESS").exists()
+    assert (tmp_path / "out" / "t" / ".flowscale" / "SUCCESS").exists()
     bad = with_(compare_with=[{"name": "beam"}])
     assert main(["validate", str(write(tmp_path, bad, "bad.yaml"))]) == 2
     assert "compare_with[0].name: unknown method 'beam'" in capsys.readouterr().err

@@ -185,7 +185,7 @@ def test_rows_do_not_depend_on_prompts_in_flight_or_on_resuming(tmp_path):
     assert a == b
     # resume: the second shard is lost (as if the run died before committing it); running again redoes it
     root = tmp_path / "b" / "dsb"
-    for p in [root / "_SUCCESS", root / "manifest.json", *root.rglob("*00001*")]:
+    for p in [root / ".flowscale" / "SUCCESS", root / ".flowscale" / "manifest.json", *root.rglob("*00001*")]:
         p.unlink() if p.is_file() else shutil.rmtree(p)
     report = run_job(load_job(job(tmp_path / "b", executor={"in_flight": 3, "micro_batch": 8})))
     assert report.ran == 5

@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -109,3 +112,185 @@ def test_the_loader_is_where_the_loop_reads_prompts():
     from flowscale_ray.run import loop
 
     assert loop.load_prompts is components.load_prompts
+
+
+# -- a run folder that cannot be used: one line, exit code 2, nothing in it changed ------------------------------
+JOB = """\
+name: t
+model: {name: gmm2d}
+sampler: {preset: linear-sde, steps: 6}
+method: {name: bon, n: 2}
+reward: {name: mode_log_density, options: {mode: 2}}
+prompts: [a, b, c]
+output: {dir: out, shard_size: 2}
+"""
+
+
+def flowscale(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flowscale_ray", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder` with its bytes (None for a folder)."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
+
+
+def to_legacy(run: Path) -> None:
+    """Rewrite a run folder into the layout that kept its records at the top level."""
+    records = run / ".flowscale"
+    for new, old in [("run.json", "_run.json"), ("committed", "_committed"), ("manifest.json", "manifest.json")]:
+        if (records / new).exists():
+            (records / new).rename(run / old)
+    if (records / "SUCCESS").exists():
+        (records / "SUCCESS").rename(run / "_SUCCESS")
+    shutil.rmtree(records)
+
+
+def _file_instead(path: Path) -> None:
+    shutil.rmtree(path)
+    path.write_text("not a folder")
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:40])
+
+
+def _unfinish(run: Path) -> None:
+    """The run as a killed driver leaves it: the last shard not committed, no manifest."""
+    for p in [run / ".flowscale" / "SUCCESS", run / ".flowscale" / "manifest.json"]:
+        p.unlink()
+    (run / ".flowscale" / "committed" / "part-00001.json").unlink()
+
+
+# (id, layout, finished?, how the folder is damaged, words the one line must hold)
+FOLDERS = [
+    ("data-is-a-file", "current", False, lambda r: _file_instead(r / "data"), "out/t/data is a file where"),
+    (
+        "markers-are-a-file",
+        "current",
+        False,
+        lambda r: _file_instead(r / ".flowscale" / "committed"),
+        ".flowscale/committed is a file where the run keeps a folder",
+    ),
+    (
+        "records-are-a-file",
+        "current",
+        False,
+        lambda r: _file_instead(r / ".flowscale"),
+        ".flowscale is a file where the run keeps a folder",
+    ),
+    (
+        "run-record-truncated",
+        "current",
+        False,
+        lambda r: _truncate(r / ".flowscale" / "run.json"),
+        ".flowscale/run.json is damaged: not valid JSON",
+    ),
+    (
+        "run-record-not-an-object",
+        "current",
+        True,
+        lambda r: (r / ".flowscale" / "run.json").write_text("[1, 2]"),
+        ".flowscale/run.json is damaged: a JSON list, not an object",
+    ),
+    (
+        "run-record-not-utf8",
+        "current",
+        True,
+        lambda r: (r / ".flowscale" / "run.json").write_bytes(b"\xff\xfe{"),
+        ".flowscale/run.json is damaged: not valid JSON",
+    ),
+    (
+        "manifest-corrupt",
+        "current",
+        True,
+        lambda r: (r / ".flowscale" / "manifest.json").write_text('{"counts": {"rows": 3'),
+        ".flowscale/manifest.json is damaged: not valid JSON",
+    ),
+    ("legacy-data-is-a-file", "legacy", False, lambda r: _file_instead(r / "data"), "out/t/data is a file where"),
+    (
+        "legacy-markers-are-a-file",
+        "legacy",
+        False,
+        lambda r: _file_instead(r / "_committed"),
+        "out/t/_committed is a file where the run keeps a folder",
+    ),
+    (
+        "legacy-run-record-truncated",
+        "legacy",
+        False,
+        lambda r: _truncate(r / "_run.json"),
+        "out/t/_run.json is damaged: not valid JSON",
+    ),
+    (
+        "legacy-manifest-corrupt",
+        "legacy",
+        True,
+        lambda r: (r / "manifest.json").write_text("NaN garbage"),
+        "out/t/manifest.json is damaged: not valid JSON",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished run of JOB (2 shards), made once; each case copies it."""
+    base = tmp_path_factory.mktemp("finished")
+    (base / "job.yaml").write_text(JOB)
+    proc = flowscale("run", "job.yaml", cwd=base)
+    assert proc.returncode == 0, proc.stderr
+    return base
+
+
+@pytest.mark.parametrize("layout, finished, damage, words", [c[1:] for c in FOLDERS], ids=[c[0] for c in FOLDERS])
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_an_unusable_run_folder_is_one_line_and_left_alone(
+    finished_run, tmp_path, command, layout, finished, damage, words
+):
+    shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)
+    run_dir = tmp_path / "out" / "t"
+    if not finished:
+        _unfinish(run_dir)
+    if layout == "legacy":
+        to_legacy(run_dir)
+    damage(run_dir)
+    before = snapshot(tmp_path / "out")
+    proc = flowscale(command, "job.yaml", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("flowscale: error: ") and words in proc.stderr, proc.stderr
+    assert "--run-id NEW" in proc.stderr or "remove" in proc.stderr or "restore" in proc.stderr
+    assert snapshot(tmp_path / "out") == before  # nothing written, moved or removed
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_inspect_names_a_damaged_run_record(finished_run, tmp_path, damage):
+    shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)
+    record = tmp_path / "out" / "t" / ".flowscale" / "run.json"
+    _truncate(record) if damage == "truncated" else record.unlink()
+    proc = flowscale("inspect", "out/t", "--no-sheet", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    words = ".flowscale/run.json is damaged: not valid JSON" if damage == "truncated" else "not a flowscale run"
+    assert words in proc.stderr, proc.stderr
+
+
+def test_a_damaged_marker_makes_its_shard_run_again(finished_run, tmp_path):
+    """A marker is the shard's commit: a damaged one (a disk that lost its tail) means the shard is redone."""
+    shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)
+    run_dir = tmp_path / "out" / "t"
+    before = pq_rows(run_dir)
+    for p in [run_dir / ".flowscale" / "SUCCESS", run_dir / ".flowscale" / "manifest.json"]:
+        p.unlink()
+    _truncate(run_dir / ".flowscale" / "committed" / "part-00001.json")
+    proc = flowscale("run", "job.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming: 1 of 2 shards already committed" in proc.stdout + proc.stderr
+    assert json.loads((run_dir / ".flowscale" / "committed" / "part-00001.json").read_text())["rows"] == 1
+    assert pq_rows(run_dir) == before
+
+
+def pq_rows(run_dir: Path) -> list[tuple]:
+    table = ds.dataset(str(run_dir / "data"), format="parquet").to_table(columns=["prompt_id", "reward", "sample"])
+    return sorted(tuple(map(str, r.values())) for r in table.to_pylist())

@@ -125,7 +125,7 @@ def test_images_top_k_and_readback(tmp_path):
     # the stored image is the decoded sample the reward scored
     arr = torch.from_numpy(np.asarray(img, dtype=np.float32)) / 255  # [8, 6, 3]
     assert abs(arr[..., 0].mean().item() - r["reward"]) < 0.01
-    assert (tmp_path / "out" / "toy" / "_SUCCESS").exists()
+    assert (tmp_path / "out" / "toy" / ".flowscale" / "SUCCESS").exists()
     assert pq.ParquetFile(tmp_path / "out" / "toy" / "data" / "part-00000.parquet").metadata.num_row_groups == 1
 
 
@@ -184,7 +184,7 @@ def test_a_broken_reward_stops_the_run_and_keeps_committed_shards(tmp_path):
     with pytest.raises(RuntimeError, match="3 prompts failed in a row"):
         run(job_doc(tmp_path / "out", prompts=prompts, executor__in_flight=1), tmp_path)
     root = tmp_path / "out" / "toy"
-    assert not (root / "_SUCCESS").exists()
+    assert not (root / ".flowscale" / "SUCCESS").exists()
     assert [r["prompt"] for r in read(root / "data")] == ["one", "two"]  # shard 0 was committed
 
 
@@ -256,7 +256,7 @@ def kill_mid_run(argv: list[str], root: Path, env: dict, at_least: int, shards: 
     deadline = time.monotonic() + 90
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            markers = list((root / "_committed").glob("part-*.json")) if (root / "_committed").exists() else []
+            markers = list((root / ".flowscale" / "committed").glob("part-*.json"))
             if len(markers) >= at_least:
                 break
             time.sleep(0.01)
@@ -267,7 +267,7 @@ def kill_mid_run(argv: list[str], root: Path, env: dict, at_least: int, shards: 
             proc.kill()
         proc.wait(timeout=30)
         proc.stderr.close()
-    committed = len(list((root / "_committed").glob("part-*.json")))
+    committed = len(list((root / ".flowscale" / "committed").glob("part-*.json")))
     assert at_least <= committed < shards, committed
 
 
@@ -289,13 +289,13 @@ def test_driver_killed_mid_run_then_resumed_has_every_prompt_once(tmp_path):
     kill_mid_run(argv, root, env, at_least=2, shards=n // shard_size)
 
     # What a reader sees now: complete files only, each a committed or a complete unmarked shard
-    assert not (root / "_SUCCESS").exists() and not (root / "manifest.json").exists()
+    assert not (root / ".flowscale" / "SUCCESS").exists() and not (root / ".flowscale" / "manifest.json").exists()
     files = sorted((root / "data").iterdir())
     for f in files:
         assert pq.read_table(f).num_rows == shard_size
     seen = [r["prompt_id"] for r in read(root / "data")]
     assert len(seen) == len(set(seen))
-    committed = {p.name: json.loads(p.read_text())["sha256"] for p in (root / "_committed").iterdir()}
+    committed = {p.name: json.loads(p.read_text())["sha256"] for p in (root / ".flowscale" / "committed").iterdir()}
 
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -303,11 +303,11 @@ def test_driver_killed_mid_run_then_resumed_has_every_prompt_once(tmp_path):
     rows = read(root / "data")
     assert sorted(r["prompt"] for r in rows) == sorted(f"prompt number {i}" for i in range(n))
     assert len({r["prompt_id"] for r in rows}) == n == len(rows)
-    assert (root / "_SUCCESS").exists()
-    manifest = json.loads((root / "manifest.json").read_text())
+    assert (root / ".flowscale" / "SUCCESS").exists()
+    manifest = json.loads((root / ".flowscale" / "manifest.json").read_text())
     assert manifest["counts"]["rows"] == n and len(manifest["files"]) == n // shard_size
-    assert not (root / "_staging").exists()
-    after = {p.name: json.loads(p.read_text())["sha256"] for p in (root / "_committed").iterdir()}
+    assert not (root / ".flowscale" / "staging").exists()
+    after = {p.name: json.loads(p.read_text())["sha256"] for p in (root / ".flowscale" / "committed").iterdir()}
     assert all(after[name] == sha for name, sha in committed.items())  # committed shards were not redone
 
 
@@ -319,7 +319,7 @@ def test_output_at_fsspec_uris(tmp_path, scheme):
     run(job_doc(uri), tmp_path)
     fs, path = fsspec.core.url_to_fs(f"{uri}/toy")
     try:
-        assert fs.exists(f"{path}/_SUCCESS")
+        assert fs.exists(f"{path}/.flowscale/SUCCESS")
         rows = ds.dataset(f"{path}/data", filesystem=fs, format="parquet").to_table().to_pylist()
         assert len(rows) == 5 and all(r["image"]["bytes"] for r in rows)
     finally:

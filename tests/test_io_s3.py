@@ -231,8 +231,8 @@ def test_job_on_s3_with_job_file_credentials_never_leaks_them(s3_endpoint, bucke
         "part-00001.parquet",
         "part-00002.parquet",
     ]
-    manifest = json.loads(fs.cat_file(f"{root}/manifest.json"))
-    assert manifest["counts"]["rows"] == 5 and fs.exists(f"{root}/_SUCCESS")
+    manifest = json.loads(fs.cat_file(f"{root}/.flowscale/manifest.json"))
+    assert manifest["counts"]["rows"] == 5 and fs.exists(f"{root}/.flowscale/SUCCESS")
     assert manifest["config"]["storage"]["key"] == "<redacted>" and "s3fs" in manifest["versions"]
     for path, data in every_object(fs, bucket).items():
         assert SECRET.encode() not in data and KEY.encode() not in data, path
@@ -288,8 +288,8 @@ def test_transient_storage_errors_are_retried_every_prompt_once(s3_endpoint, buc
     fs.invalidate_cache()
     rows = rows_of(fs, root)  # read back directly, not through the proxy
     assert sorted(r["prompt"] for r in rows) == sorted(texts) and len(rows) == 16
-    assert json.loads(fs.cat_file(f"{root}/manifest.json"))["counts"]["rows"] == 16
-    assert len(fs.ls(f"{root}/_committed")) == 16 and fs.exists(f"{root}/_SUCCESS")
+    assert json.loads(fs.cat_file(f"{root}/.flowscale/manifest.json"))["counts"]["rows"] == 16
+    assert len(fs.ls(f"{root}/.flowscale/committed")) == 16 and fs.exists(f"{root}/.flowscale/SUCCESS")
     print(f"\n{requests} requests, {proxy.faults} failed ({dict(proxy.counts)}), run {elapsed:.1f}s")
     assert SECRET not in out + err
 
@@ -315,7 +315,7 @@ def test_driver_killed_mid_run_on_s3_then_resumed(s3_endpoint, bucket, tmp_path)
     def committed() -> list[str]:
         fs.invalidate_cache()
         try:
-            return fs.ls(f"{root}/_committed")
+            return fs.ls(f"{root}/.flowscale/committed")
         except FileNotFoundError:
             return []
 
@@ -333,7 +333,7 @@ def test_driver_killed_mid_run_on_s3_then_resumed(s3_endpoint, bucket, tmp_path)
         proc.stderr.close()
     first = len(committed())
     assert 2 <= first < n // shard_size
-    assert not fs.exists(f"{root}/_SUCCESS")
+    assert not fs.exists(f"{root}/.flowscale/SUCCESS")
     for path in fs.ls(f"{root}/data"):  # every visible object is a complete Parquet file
         assert pq.read_table(path, filesystem=fs).num_rows == shard_size
 
@@ -343,5 +343,5 @@ def test_driver_killed_mid_run_on_s3_then_resumed(s3_endpoint, bucket, tmp_path)
     fs.invalidate_cache()
     rows = rows_of(fs, root)
     assert sorted(r["prompt"] for r in rows) == sorted(texts) and len(rows) == n
-    assert fs.exists(f"{root}/_SUCCESS")
+    assert fs.exists(f"{root}/.flowscale/SUCCESS")
     assert SECRET not in proc2.stdout + proc2.stderr

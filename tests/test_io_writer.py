@@ -76,9 +76,10 @@ def test_layout_out_of_order_prompts_and_manifest(target):
         asm.add(i, rows)
     assert committed == [2, 0, 1]  # shard 2 holds prompt 6 alone; each commits when its last prompt is in
     assert names(fs, f"{root}/data") == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    assert names(fs, f"{root}/_committed") == ["part-00000.json", "part-00001.json", "part-00002.json"]
+    assert names(fs, f"{root}/.flowscale/committed") == ["part-00000.json", "part-00001.json", "part-00002.json"]
     manifest = w.finish({"pyarrow": pa.__version__})
-    assert names(fs, root)[:2] == ["_SUCCESS", "_committed"] and "manifest.json" in names(fs, root)
+    assert names(fs, root) == [".flowscale", "data"]  # only Parquet outside the hidden records
+    assert {"SUCCESS", "committed", "manifest.json", "run.json"} <= set(names(fs, f"{root}/.flowscale"))
     assert manifest["counts"] == {
         "prompts": 7,
         "rows": 8,
@@ -92,7 +93,7 @@ def test_layout_out_of_order_prompts_and_manifest(target):
     assert table.column("prompt_id").to_pylist() == [f"p{i:03d}" for i in [0, 1, 2, 3, 4, 4, 5, 6]]
     meta = pq.ParquetFile(fs.open(f"{root}/data/part-00001.parquet", "rb")).metadata
     assert meta.num_rows == 4 and meta.num_row_groups == 2  # row_group_size 2
-    assert json.loads(fs.cat_file(f"{root}/_committed/part-00001.json"))["rows"] == 4
+    assert json.loads(fs.cat_file(f"{root}/.flowscale/committed/part-00001.json"))["rows"] == 4
 
 
 def test_data_before_marker_and_success_last(target):
@@ -107,15 +108,15 @@ def test_data_before_marker_and_success_last(target):
         asm.add(i, [row(i)])
     w.finish()
     assert writes == [
-        "_run.json",
+        ".flowscale/run.json",
         "data/part-00000.parquet",
-        "_committed/part-00000.json",
+        ".flowscale/committed/part-00000.json",
         "data/part-00001.parquet",
-        "_committed/part-00001.json",
+        ".flowscale/committed/part-00001.json",
         "data/part-00002.parquet",
-        "_committed/part-00002.json",
-        "manifest.json",
-        "_SUCCESS",
+        ".flowscale/committed/part-00002.json",
+        ".flowscale/manifest.json",
+        ".flowscale/SUCCESS",
     ]
 
 
@@ -127,9 +128,9 @@ def test_resume_skips_committed_and_redoes_unmarked_shards(tmp_path):
     first.write_shard(0, [row(i) for i in range(3)])
     first.commit(0)
     first.write_shard(1, [row(3)] * 3)  # a shard written but never committed (the driver died here) ...
-    staging = Path(root) / "_staging"
+    staging = Path(root) / ".flowscale" / "staging"
     (staging / "data__part-00002.parquet.123.abc.tmp").write_bytes(b"PAR1 half a file")  # ... or mid-write
-    sha0 = json.loads((Path(root) / "_committed/part-00000.json").read_text())["sha256"]
+    sha0 = json.loads((Path(root) / ".flowscale/committed/part-00000.json").read_text())["sha256"]
 
     second = make(fs, root)
     state = second.begin()
@@ -141,7 +142,7 @@ def test_resume_skips_committed_and_redoes_unmarked_shards(tmp_path):
     second.finish()
     ids = ds.dataset(str(Path(root) / "data")).to_table().column("prompt_id").to_pylist()
     assert sorted(ids) == [f"p{i:03d}" for i in range(7)]  # shard 1 replaced, not duplicated
-    assert json.loads((Path(root) / "_committed/part-00000.json").read_text())["sha256"] == sha0
+    assert json.loads((Path(root) / ".flowscale/committed/part-00000.json").read_text())["sha256"] == sha0
     assert make(fs, root).begin().complete
 
 

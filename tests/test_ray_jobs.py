@@ -215,7 +215,7 @@ def test_run_id_from_the_submission_id(tmp_path, monkeypatch, submission_id, ext
     output = {"dir": str(tmp_path / "out"), **({"run_id": job_run_id} if job_run_id else {})}
     assert main(["run", str(job_file(tmp_path, output=output)), *extra_args]) == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == [expected]
-    assert (tmp_path / "out" / expected / "_SUCCESS").exists()
+    assert (tmp_path / "out" / expected / ".flowscale" / "SUCCESS").exists()
 
 
 def test_a_submission_id_that_cannot_name_a_run_is_one_line_error(tmp_path, monkeypatch, capsys):
@@ -238,7 +238,7 @@ def test_sigterm_stops_a_run_cleanly_and_the_next_run_resumes(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    markers = tmp_path / "out" / "small" / "_committed"
+    markers = tmp_path / "out" / "small" / ".flowscale" / "committed"
     try:
         deadline = time.monotonic() + 300
         while not (markers.exists() and any(markers.iterdir())):
@@ -257,7 +257,7 @@ def test_sigterm_stops_a_run_cleanly_and_the_next_run_resumes(tmp_path):
     )
     assert "Traceback" not in err
     committed = sorted(p.name for p in markers.iterdir())
-    assert committed and len(committed) < 20 and not (tmp_path / "out" / "small" / "_SUCCESS").exists()
+    assert committed and len(committed) < 20 and not (tmp_path / "out" / "small" / ".flowscale" / "SUCCESS").exists()
     assert ds.dataset(str(tmp_path / "out" / "small" / "data"), format="parquet").count_rows() >= 3 * len(committed)
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -285,8 +285,8 @@ def test_demo_job_submitted_to_a_running_cluster(head, tmp_path):
     assert "connected to the cluster at RAY_ADDRESS" in logs and "started a local Ray" not in logs, logs
     assert "run id demo-job-1 from the Ray submission id demo-job-1" in logs, logs
     run = out / "demo-job-1"
-    assert (run / "_SUCCESS").exists()
-    manifest = json.loads((run / "manifest.json").read_text())
+    assert (run / ".flowscale" / "SUCCESS").exists()
+    manifest = json.loads((run / ".flowscale" / "manifest.json").read_text())
     assert manifest["run_id"] == "demo-job-1" and manifest["counts"]["rows"] == len(PROMPTS)
     table = rows_of(run)
     assert sorted(table.column("prompt").to_pylist()) == sorted(PROMPTS)
@@ -316,7 +316,7 @@ def test_stopped_job_keeps_committed_shards_and_resubmission_completes_it(head, 
         "output.shard_size=4",
         f"output.dir={out}",
     ]
-    markers = out / "long-job" / "_committed"
+    markers = out / "long-job" / ".flowscale" / "committed"
     head.submit("long-job", "jobs/demo.yaml", *long_job)
     deadline = time.monotonic() + 400
     while not (markers.exists() and any(markers.iterdir())):
@@ -329,7 +329,7 @@ def test_stopped_job_keeps_committed_shards_and_resubmission_completes_it(head, 
     assert "stopped by SIGTERM; committed shards are kept" in logs, logs  # the handler ran, not SIGKILL
     committed = sorted(p.name for p in markers.iterdir())
     assert committed and len(committed) < 10, committed
-    assert not (out / "long-job" / "_SUCCESS").exists()
+    assert not (out / "long-job" / ".flowscale" / "SUCCESS").exists()
     # Every committed shard's data file is complete and readable.
     partial = rows_of(out / "long-job")
     assert partial.num_rows >= 4 * len(committed)
@@ -344,7 +344,7 @@ def test_stopped_job_keeps_committed_shards_and_resubmission_completes_it(head, 
     ids = table.column("prompt_id").to_pylist()
     assert len(ids) == len(set(ids)) == len(prompts)  # exactly one row per prompt
     assert sorted(table.column("prompt").to_pylist()) == sorted(prompts)
-    assert json.loads((out / "long-job" / "manifest.json").read_text())["counts"]["rows"] == len(prompts)
+    assert json.loads((out / "long-job" / ".flowscale" / "manifest.json").read_text())["counts"]["rows"] == len(prompts)
 
 
 @pytest.mark.slow
@@ -357,4 +357,4 @@ def test_flowscale_run_address_against_the_running_cluster(head, tmp_path):
     assert f"connected to {head.gcs}" in done.stdout
     table = rows_of(out / "from-outside")
     assert sorted(table.column("prompt").to_pylist()) == sorted(PROMPTS)
-    assert (out / "from-outside" / "_SUCCESS").exists()
+    assert (out / "from-outside" / ".flowscale" / "SUCCESS").exists()

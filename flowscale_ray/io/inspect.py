@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 from flowscale_ray.config import ConfigError, StorageConfig
 from flowscale_ray.io.schema import STATUSES
 from flowscale_ray.io.storage import Redactor, open_filesystem
-from flowscale_ray.io.writer import DATA, MANIFEST, MARKERS, RUN_FILE, SUCCESS, index_of, shard_file
+from flowscale_ray.io.writer import DATA, RUN_FILE, committed_shards, find_layout, read_record, shard_file
 
 STAT_COLUMNS = ["prompt_id", "prompt", "rank", "status", "reward", "held_out", "nfe"]
 
@@ -63,16 +63,12 @@ def summarize(uri: str, storage: StorageConfig | None = None, top: int = 16) -> 
     redact = Redactor.for_storage(storage)
     fs, root = open_filesystem(uri, storage)
     root = root.rstrip("/")
-    try:
-        raw = fs.cat_file(f"{root}/{RUN_FILE}")
-    except FileNotFoundError:
-        raise ConfigError("inspect", f"{redact(uri)}: not a flowscale run (no {RUN_FILE})") from None
-    run = json.loads(raw)
-    try:
-        markers = fs.ls(f"{root}/{MARKERS}", detail=False)
-    except FileNotFoundError:
-        markers = []
-    shards = sorted(i for i in (index_of(m) for m in markers) if i is not None)
+    layout = find_layout(fs, root)
+    if layout is None:
+        raise ConfigError("inspect", f"{redact(uri)}: not a flowscale run (no {RUN_FILE})")
+    fix = "it records the run there: restore it to inspect the run (its data files are read as they are)"
+    run = read_record(fs.cat_file(f"{root}/{layout.run_file}"), f"{redact(root)}/{layout.run_file}", fix, "inspect")
+    shards = committed_shards(fs, root)
     paths = [f"{root}/{DATA}/{shard_file(i)}" for i in shards]
     table = (
         ds.dataset(paths, filesystem=fs, format="parquet").to_table(columns=STAT_COLUMNS)
@@ -85,11 +81,11 @@ def summarize(uri: str, storage: StorageConfig | None = None, top: int = 16) -> 
         status[r["status"]] = status.get(r["status"], 0) + 1
     best_rows = [r for r in rows if r["status"] == "ok" and r["rank"] == 0]
     nfe_by_prompt = {r["prompt_id"]: r["nfe"] for r in rows if r["nfe"] is not None}
-    complete = fs.exists(f"{root}/{SUCCESS}")
+    complete = fs.exists(f"{root}/{layout.success}")
     config = run.get("config", {})
     if complete:
-        with contextlib.suppress(FileNotFoundError):
-            config = json.loads(fs.cat_file(f"{root}/{MANIFEST}")).get("config", config)
+        with contextlib.suppress(FileNotFoundError, ValueError):  # a damaged manifest: the run record's config
+            config = json.loads(fs.cat_file(f"{root}/{layout.manifest}")).get("config", config)
     num_prompts = int(run.get("num_prompts", 0))
     shard_size = int(run.get("shard_size", 1))
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: -r["reward"])

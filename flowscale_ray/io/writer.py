@@ -2,23 +2,32 @@
 
 Layout of one run (`<output.dir>/<run_id>/`):
 
-    _run.json                     the run's config hash and redacted config, written first
-    data/part-00000.parquet       shard 0: the rows of prompts [0, shard_size), in prompt order
-    data/part-00001.parquet       ...
-    _committed/part-00000.json    marker: shard 0 is complete (rows, bytes, sha256, counts)
-    manifest.json                 counts, config, versions: written when every shard is committed
-    _SUCCESS                      written last: the run is complete
+    data/part-00000.parquet                 shard 0: the rows of prompts [0, shard_size), in prompt order
+    data/part-00001.parquet                 ...
+    .flowscale/run.json                     the run's config hash and redacted config, written first
+    .flowscale/committed/part-00000.json    marker: shard 0 is complete (rows, bytes, sha256, counts)
+    .flowscale/manifest.json                counts, config, versions: written when every shard is committed
+    .flowscale/timeline.json                replica busy time over the run (for `flowscale report`)
+    .flowscale/SUCCESS                      written last: the run is complete
+
+Only Parquet files lie outside the hidden `.flowscale/` folder, which every reader skips (pyarrow and Hugging
+Face `datasets` ignore hidden paths; DuckDB and polars read `*.parquet`), so a run folder loads as it is.
+Runs written before this layout kept the same records at the top level (`_run.json`, `_committed/`,
+`manifest.json`, `timeline.json`, `_SUCCESS`): they are read as they are, and `begin()` moves an unfinished one's
+records under `.flowscale/` before it goes on.
 
 Shard i holds prompts [i * shard_size, (i + 1) * shard_size) of the prompt list, so names are deterministic
 and a shard written twice (a retry, a resumed run, a duplicated task) replaces itself instead of adding rows.
 A data file appears whole or not at all: object stores (S3, memory) publish an object only when its upload
-completes; on a local disk the file is written under `_staging/` and renamed into `data/`. Its marker is
-written only after the data file is complete; a shard without a marker is redone on resume. Readers read
-`data/` (every file there is complete; names starting with `_` are outside it); `read_committed` reads only
-the shards with markers.
+completes; on a local disk the file is written under `.flowscale/staging/` and renamed into `data/`. Its marker is
+written only after the data file is complete; a shard without a marker (or with a damaged one) is redone on
+resume. Readers read `data/` (every file there is complete); `read_committed` reads only the shards with
+markers.
 
-`begin()` refuses a run directory that holds a run with a different config hash (a new run id starts a new
-run), returns the shards already committed, and clears leftovers of a killed writer from `_staging/`.
+`check()` and `begin()` refuse a run directory that holds a run with a different config hash (a new run id
+starts a new run), or whose records are damaged or in the way (`data` a file, a truncated `run.json`), with a
+ConfigError that names the file and changes nothing. `begin()` returns the shards already committed and clears
+leftovers of a killed writer from the staging folder.
 Every storage operation is retried on transient errors (`storage.retries`). One writer per run at a time.
 
 This is a plain library: any executor (in-process, a Ray driver) calls `write_shard(i, rows)`,
@@ -43,15 +52,80 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flowscale_ray.config import ConfigError
-from flowscale_ray.io.schema import SCHEMA, SCHEMA_VERSION, STATUSES, to_table
+from flowscale_ray.io.schema import SCHEMA, SCHEMA_VERSION, STATUSES, strict_json, to_table
 from flowscale_ray.io.storage import Redactor, is_local, retry
 
 DATA = "data"
-MARKERS = "_committed"
-STAGING = "_staging"
-RUN_FILE = "_run.json"
-MANIFEST = "manifest.json"
-SUCCESS = "_SUCCESS"
+BOOKKEEPING = ".flowscale"  # hidden: readers of the data skip it
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a run keeps its records, relative to the run folder."""
+
+    run_file: str
+    markers: str
+    manifest: str
+    success: str
+    staging: str
+    docs: str  # the folder of other JSON documents (`timeline.json`); "" is the run folder itself
+
+    def doc(self, name: str) -> str:
+        return f"{self.docs}/{name}" if self.docs else name
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """The folders of this layout (with `data`): a file at any of them makes the run folder unusable."""
+        return tuple(f for f in (self.docs, DATA, self.markers, self.staging) if f)
+
+
+LAYOUT = Layout(
+    run_file=f"{BOOKKEEPING}/run.json",
+    markers=f"{BOOKKEEPING}/committed",
+    manifest=f"{BOOKKEEPING}/manifest.json",
+    success=f"{BOOKKEEPING}/SUCCESS",
+    staging=f"{BOOKKEEPING}/staging",
+    docs=BOOKKEEPING,
+)
+# Run folders written before the `.flowscale/` layout: still read (and migrated by `begin()`).
+LEGACY = Layout(
+    run_file="_run.json",
+    markers="_committed",
+    manifest="manifest.json",
+    success="_SUCCESS",
+    staging="_staging",
+    docs="",
+)
+RUN_FILE, MARKERS, MANIFEST, SUCCESS, STAGING = (
+    LAYOUT.run_file,
+    LAYOUT.markers,
+    LAYOUT.manifest,
+    LAYOUT.success,
+    LAYOUT.staging,
+)
+
+
+def find_layout(fs: Any, root: str) -> Layout | None:
+    """The layout of the run at `root` (the current one or the legacy one), or None when none is there."""
+    root = root.rstrip("/")
+    for layout in (LAYOUT, LEGACY):
+        if fs.exists(f"{root}/{layout.run_file}"):
+            return layout
+    return None
+
+
+def read_record(raw: bytes, where: str, fix: str, field: str = "output.dir") -> dict[str, Any]:
+    """A JSON record of the run folder (run.json, a manifest), or a ConfigError naming the damaged file and
+    `fix`, what the user can do about it."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
+        reason = f"not valid JSON ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    else:
+        if isinstance(doc, dict):
+            return doc
+        reason = f"a JSON {type(doc).__name__}, not an object"
+    raise ConfigError(field, f"{where} is damaged: {reason}; {fix}")
 
 
 def shard_file(index: int) -> str:
@@ -93,8 +167,8 @@ class ShardStats:
 @dataclass
 class RunState:
     committed: set[int] = field(default_factory=set)
-    complete: bool = False  # _SUCCESS is there
-    resumed: bool = False  # _run.json was there
+    complete: bool = False  # SUCCESS is there
+    resumed: bool = False  # run.json was there
 
 
 class ShardedWriter:
@@ -130,6 +204,7 @@ class ShardedWriter:
         self.redact = redact or Redactor()
         self.local = is_local(fs)
         self.state = RunState()
+        self.layout = LAYOUT  # LEGACY when check() finds a run written before the `.flowscale/` layout
         self._written: dict[int, ShardStats] = {}
         self._stats: dict[int, ShardStats] = {}
         self._created_at: str | None = None
@@ -168,7 +243,8 @@ class ShardedWriter:
 
         def op() -> None:
             if self.local:
-                staging = self.path(STAGING, f"{rel.replace('/', '__')}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+                name = f"{rel.replace('/', '__')}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+                staging = self.path(self.layout.staging, name)
                 os.makedirs(os.path.dirname(staging), exist_ok=True)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 try:
@@ -186,8 +262,9 @@ class ShardedWriter:
         self._retry(op, f"write {rel}")
 
     def put_json(self, name: str, doc: Any) -> None:
-        """Write a small JSON file at the run's top level (e.g. `timeline.json` for reports); atomic, retried."""
-        self._put(name, _json(doc))
+        """Write a small JSON document among the run's records (e.g. `timeline.json` for reports); atomic,
+        retried."""
+        self._put(self.layout.doc(name), _json(doc))
 
     def _get(self, rel: str) -> bytes | None:
         target = self.path(rel)
@@ -214,13 +291,38 @@ class ShardedWriter:
 
         return self._retry(op, f"list {rel}")
 
+    def _remove(self, rel: str) -> None:
+        def op() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.path(rel))
+
+        self._retry(op, f"remove {rel}")
+
+    def _is_file(self, rel: str) -> bool:
+        return bool(self._retry(lambda: self.fs.isfile(self.path(rel)), f"look at {rel}"))
+
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def check(self) -> bool:
-        """Read-only: raise RunConflictError if the directory holds a different run; True if one is there."""
-        raw = self._get(RUN_FILE)
+        """Read-only: raise RunConflictError if the directory holds a different run, a ConfigError if its
+        records are damaged or a file stands where the run keeps a folder; True if a run is there."""
+        if self._retry(lambda: self.fs.isfile(self.root), "look at the run folder"):
+            raise ConfigError("output.dir", f"{self.redact(self.root)} is a file, not a run folder")
+        layout, raw = LAYOUT, None
+        if not self._is_file(BOOKKEEPING):
+            raw = self._get(LAYOUT.run_file)
+        if raw is None and self._get(LEGACY.run_file) is not None:
+            layout, raw = LEGACY, self._get(LEGACY.run_file)
+        for folder in layout.folders:
+            if self._is_file(folder):
+                raise ConfigError(
+                    "output.dir",
+                    f"{self.redact(self.path(folder))} is a file where the run keeps a folder; move it away, or "
+                    "pass --run-id NEW (or set output.run_id) to write a new run elsewhere",
+                )
         if raw is None:
             return False
-        previous = json.loads(raw)
+        previous = read_record(raw, self.redact(self.path(layout.run_file)), self._damaged_fix())
+        self.layout = layout
         if previous.get("config_hash") != self.config_hash:
             changed = _diff(previous.get("identity", {}), self.identity)
             raise RunConflictError(
@@ -232,17 +334,36 @@ class ShardedWriter:
         self._created_at = previous.get("created_at")
         return True
 
+    def _damaged_fix(self) -> str:
+        return (
+            f"it records the run in {self.redact(self.root)}: restore it, or pass --run-id NEW (or set "
+            "output.run_id) to start a new run beside it"
+        )
+
     def completed_manifest(self) -> dict[str, Any] | None:
-        """The manifest of this run if it already finished (`_SUCCESS` is there), else None."""
-        if self._get(SUCCESS) is None:
+        """The manifest of this run if it already finished (SUCCESS is there), else None. A damaged manifest
+        of a finished run is a ConfigError (nothing is changed)."""
+        layout = self.layout
+        if self._get(layout.success) is None:
             return None
-        raw = self._get(MANIFEST)
-        return json.loads(raw) if raw is not None else None
+        raw = self._get(layout.manifest)
+        if raw is None:
+            return None
+        where = self.redact(self.path(layout.manifest))
+        fix = (
+            f"the data is intact: remove {self.redact(self.path(layout.success))} and run the job again to "
+            "rewrite the manifest, or pass --run-id NEW (or set output.run_id) to start a new run"
+        )
+        return read_record(raw, where, fix)
 
     def begin(self) -> RunState:
         """Start or resume the run. Raises RunConflictError when the directory holds a different run."""
         if self.check():
             self.state.resumed = True
+            if self.layout is LEGACY:
+                self._migrate()
+            elif (old := self._get(LEGACY.run_file)) is not None and _hash_of(old) == self.config_hash:
+                self._remove_legacy()  # a migration was interrupted after its switch
         else:
             self._created_at = _now()
             doc = {
@@ -257,19 +378,45 @@ class ShardedWriter:
             }
             self._put(RUN_FILE, _json(doc))
         data = self._list(DATA)
-
-        for name in self._list(MARKERS):
-            index = index_of(name)
-            if index is None or index >= self.num_shards:
-                continue
-            if shard_file(index) in data:  # a marker whose data file went missing is redone
-                self.state.committed.add(index)
+        marked = {
+            i: name
+            for name in self._list(MARKERS)
+            if (i := index_of(name)) is not None and i < self.num_shards and shard_file(i) in data
+        }  # a marker whose data file went missing is redone
+        self._load_marker_stats(sorted(marked), lenient=True)  # a damaged marker is redone too
+        self.state.committed |= set(marked) & set(self._stats)
         if self._get(SUCCESS) is not None and len(self.state.committed) == self.num_shards:
             self.state.complete = True
         if self.local:
             for name in self._list(STAGING):  # leftovers of a killed writer; never visible to readers
-                self.fs.rm_file(self.path(STAGING, name))
+                self._remove(f"{STAGING}/{name}")
         return self.state
+
+    def _migrate(self) -> None:
+        """Move the records of a run written before the `.flowscale/` layout under `.flowscale/`: the markers,
+        manifest, timeline and SUCCESS first, `run.json` last (from then on the new records are the run's), then
+        the old records are removed, `_run.json` last. Interrupted anywhere, the next `begin()` picks up: before
+        the new `run.json` exists the old records are still the run's; after it, leftovers are removed."""
+        names = self._list(LEGACY.markers)
+        for name in names:
+            raw = self._get(f"{LEGACY.markers}/{name}")
+            if raw is not None:
+                self._put(f"{LAYOUT.markers}/{name}", raw)
+        for old, new in (
+            (LEGACY.manifest, LAYOUT.manifest),
+            (LEGACY.doc("timeline.json"), LAYOUT.doc("timeline.json")),
+        ):
+            raw = self._get(old)
+            if raw is not None:
+                self._put(new, raw)
+        if self._get(LEGACY.success) is not None:
+            self._put(LAYOUT.success, b"")
+        raw = self._get(LEGACY.run_file)
+        if raw is not None:
+            self._put(LAYOUT.run_file, raw)
+        self.layout = LAYOUT
+        self._remove_legacy()
+        self.log(f"{self.redact(self.root)}: the run's records moved under {BOOKKEEPING}/ (the current layout)")
 
     def pending_shards(self) -> list[int]:
         return [i for i in range(self.num_shards) if i not in self.state.committed]
@@ -345,8 +492,23 @@ class ShardedWriter:
         self.state.complete = True
         return manifest
 
-    def _load_marker_stats(self, indexes: list[int]) -> None:
-        """Stats of shards committed by earlier runs, from their markers (fetched together: one batch)."""
+    def _remove_legacy(self) -> None:
+        """Remove the old top-level records of a run whose records are under `.flowscale/` (`_run.json` last)."""
+        for name in self._list(LEGACY.markers):
+            self._remove(f"{LEGACY.markers}/{name}")
+        for old in (LEGACY.manifest, LEGACY.doc("timeline.json"), LEGACY.success):
+            self._remove(old)
+        if self.local:
+            for name in self._list(LEGACY.staging):
+                self._remove(f"{LEGACY.staging}/{name}")
+            for folder in (LEGACY.markers, LEGACY.staging):
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.path(folder))
+        self._remove(LEGACY.run_file)
+
+    def _load_marker_stats(self, indexes: list[int], lenient: bool = False) -> None:
+        """Stats of shards committed by earlier runs, from their markers (fetched together: one batch). With
+        `lenient`, a missing or damaged marker (not JSON, or not this run's) is skipped: its shard is redone."""
         if not indexes:
             return
         paths = [self.path(MARKERS, marker_file(i)) for i in indexes]
@@ -354,10 +516,17 @@ class ShardedWriter:
         by_name = {k.rstrip("/").rsplit("/", 1)[-1]: v for k, v in found.items()}
         for i in indexes:
             raw = by_name.get(marker_file(i))
-            if raw is None:
-                raise RuntimeError(f"the marker of shard {i} disappeared")
-            doc = json.loads(raw)
-            self._stats[i] = ShardStats(**{k: doc[k] for k in ShardStats.__dataclass_fields__})
+            try:
+                if raw is None:
+                    raise RuntimeError(f"the marker of shard {i} disappeared")
+                doc = json.loads(raw)
+                if doc.get("config_hash") != self.config_hash:
+                    raise ValueError(f"the marker of shard {i} belongs to another run")
+                self._stats[i] = ShardStats(**{k: doc[k] for k in ShardStats.__dataclass_fields__})
+            except Exception:
+                if not lenient:
+                    raise
+                self.log(f"shard {i}: its marker is missing or damaged; the shard is redone")
 
 
 class ShardAssembler:
@@ -398,13 +567,21 @@ class ShardAssembler:
         return sum(len(b) for b in self._buffers.values())
 
 
+def committed_shards(fs: Any, root: str) -> list[int]:
+    """The indexes of the shards with markers in the run at `root` (either layout), in order."""
+    root = root.rstrip("/")
+    layout = find_layout(fs, root) or LAYOUT
+    try:
+        names = fs.ls(f"{root}/{layout.markers}", detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in (index_of(p) for p in names) if n is not None)
+
+
 def read_committed(fs: Any, root: str, columns: list[str] | None = None) -> pa.Table:
     """The committed shards of a run (complete or not) as one table, in shard order."""
     root = root.rstrip("/")
-    try:
-        markers = sorted(n for n in (index_of(p) for p in fs.ls(f"{root}/{MARKERS}", detail=False)) if n is not None)
-    except FileNotFoundError:
-        markers = []
+    markers = committed_shards(fs, root)
     tables = [pq.read_table(f"{root}/{DATA}/{shard_file(i)}", filesystem=fs, columns=columns) for i in markers]
     if not tables:
         schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
@@ -436,6 +613,15 @@ def _stats(index: int, table: pa.Table, data: bytes, prompts: int) -> ShardStats
     )
 
 
+def _hash_of(raw: bytes) -> str | None:
+    """The config hash a run record holds (None when it is damaged)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc.get("config_hash") if isinstance(doc, dict) else None
+
+
 def config_hash(identity: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of a run's identity (first 16 hex digits)."""
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
@@ -453,7 +639,8 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _json(doc: Any) -> bytes:
-    return (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode()
+    """A record as strict JSON (NaN and infinity as null: JSON readers refuse them)."""
+    return (strict_json(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
 def _now() -> str:

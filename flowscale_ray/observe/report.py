@@ -101,11 +101,13 @@ def load_run(uri: str, storage: Any) -> RunData:
         table = dataset.to_table(columns=COLUMNS + [c for c in OPTIONAL_COLUMNS if c in present])
         rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["rank"] == 0]
     from flowscale_ray.io.storage import open_filesystem
+    from flowscale_ray.io.writer import LAYOUT, find_layout
 
     fs, root = open_filesystem(uri, storage)
     timeline = None
     try:
-        timeline = json.loads(fs.cat_file(f"{root.rstrip('/')}/timeline.json"))
+        layout = find_layout(fs, root) or LAYOUT
+        timeline = json.loads(fs.cat_file(f"{root.rstrip('/')}/{layout.doc('timeline.json')}"))
     except FileNotFoundError:
         pass
     except ValueError:
@@ -118,6 +120,7 @@ def load_run(uri: str, storage: Any) -> RunData:
 def baseline_uris(uri: str, storage: Any, run_id: str) -> list[str]:
     """Sibling run folders `<run_id>-<method>` (what `compare_with` writes), sorted by name."""
     from flowscale_ray.io.storage import open_filesystem
+    from flowscale_ray.io.writer import find_layout
     from flowscale_ray.search import METHODS
 
     fs, root = open_filesystem(uri, storage)
@@ -131,7 +134,7 @@ def baseline_uris(uri: str, storage: Any, run_id: str) -> list[str]:
     found = []
     for name in sorted(names):
         is_baseline = name.startswith(f"{run_id}-") and name[len(run_id) + 1 :] in METHODS
-        if is_baseline and fs.exists(f"{parent}/{name}/_run.json"):
+        if is_baseline and find_layout(fs, f"{parent}/{name}") is not None:
             found.append(prefix + name)
     return found
 
