@@ -213,13 +213,20 @@ class ExecutorConfig(_Mapping):
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_READ_ONLY = "is read-only (fsspec cannot write there)"
+_NOT_PERSISTENT = {  # fsspec protocols an output must not use, and why
+    "memory": "keeps files in this process's memory only: the whole run would be lost when it exits",
+    **{p: _READ_ONLY for p in ("http", "https", "github", "git", "zip", "tar", "libarchive", "reference", "data")},
+}
 
 
 @_section
 class OutputConfig(_Mapping):
     """Where and what to write: `<dir>/<run_id>/data/part-NNNNN.parquet` (see flowscale_ray.io.writer)."""
 
-    dir: str = Field(default="results", description="local path or fsspec URI (file://, s3://bucket/prefix, memory://)")
+    dir: str = Field(
+        default="results", description="local path or persistent fsspec URI (file://, s3://bucket/prefix, gs://, ...)"
+    )
     run_id: str | None = Field(
         default=None, description="default: the job name", json_schema_extra={"pattern": f"^{_RUN_ID.pattern}$"}
     )
@@ -235,6 +242,14 @@ class OutputConfig(_Mapping):
     def _names_a_dir(cls, value: str) -> str:
         if not value.strip():
             raise _Invalid("must name a directory or URI")
+        for part in value.split("::"):  # a chained fsspec URL: every filesystem in the chain
+            protocol = part.split("://", 1)[0].lower() if "://" in part else ""
+            why = _NOT_PERSISTENT.get(protocol)
+            if why is not None:
+                raise _Invalid(
+                    f"{protocol}:// {why}; give a local path, s3://bucket/prefix or another persistent fsspec URI "
+                    "(gs://, az://, file://, ...)"
+                )
         return value
 
     @field_validator("run_id")
@@ -271,8 +286,55 @@ class StorageConfig(_Mapping):
     @classmethod
     def _is_a_url(cls, value: str | None) -> str | None:
         if value is not None and "://" not in value:
-            raise _Invalid(f"expected a URL such as http://127.0.0.1:9000, got {value!r}")
+            shown = f"<redacted>@{value.rsplit('@', 1)[1]}" if "@" in value else value  # no user-info in errors
+            raise _Invalid(f"expected a URL such as http://127.0.0.1:9000, got {shown!r}")
         return value
+
+
+# Settings under `storage` that are known to be harmless, as paths below it (`options.` for `storage.options`).
+# Every other value there is treated as a secret: never shown in an error, a log line, `_run.json`, the manifest
+# or a report, and scrubbed from any text by value (flowscale_ray.io.storage.Redactor). URLs among them are
+# shown without their user-info.
+HARMLESS_STORAGE_SETTINGS = frozenset(
+    {
+        "endpoint_url",
+        "anon",
+        "retries",
+        "options.endpoint_url",
+        "options.region_name",
+        "options.profile",
+        "options.anon",
+        "options.use_ssl",
+        "options.skip_instance_cache",
+        "options.requester_pays",
+        "options.version_aware",
+        "options.client_kwargs.endpoint_url",
+        "options.client_kwargs.region_name",
+        "options.config_kwargs.signature_version",
+        "options.config_kwargs.connect_timeout",
+        "options.config_kwargs.read_timeout",
+        "options.config_kwargs.max_pool_connections",
+        "options.config_kwargs.retries.max_attempts",
+        "options.config_kwargs.retries.mode",
+        "options.config_kwargs.s3.addressing_style",
+        "options.s3_additional_kwargs.ServerSideEncryption",
+    }
+)
+
+
+def storage_setting(where: str) -> str | None:
+    """The path below `storage` of a field path ('storage.options.x' -> 'options.x', 'storage' -> ''), or None
+    for a field outside the storage section. Mapping keys written as `['x']` become `.x`."""
+    if where != "storage" and not where.startswith(("storage.", "storage[")):
+        return None
+    rest = re.sub(r"\[['\"]?([^\]'\"]*)['\"]?\]", r".\1", where[len("storage") :])
+    return rest.lstrip(".")
+
+
+def is_secret_setting(where: str) -> bool:
+    """Whether the value at field path `where` is treated as a secret (under `storage`, not on the allowlist)."""
+    rest = storage_setting(where)
+    return rest is not None and rest not in HARMLESS_STORAGE_SETTINGS
 
 
 _METRICS_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]+")
@@ -805,9 +867,37 @@ _TYPE_ERRORS = {
 }
 
 
+class _Hidden:
+    """Stands for a secret value in a message: what kind of value it is, never the value."""
+
+    def __init__(self, value: Any) -> None:
+        self.kind = _kind_of(value)
+
+    def __repr__(self) -> str:
+        return f"{self.kind} (not shown: storage settings are treated as secrets)"
+
+    __str__ = __repr__
+
+
+def _kind_of(value: Any) -> str:
+    """A YAML reader's word for a value's type: 'a string', 'an integer', 'null', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    for tp, word in ((int, "an integer"), (float, "a number"), (str, "a string"), (Mapping, "a mapping")):
+        if isinstance(value, tp):
+            return word
+    if isinstance(value, list | tuple):
+        return "a list"
+    return "a value"
+
+
 def _one_error(error: Any, root: Any) -> ConfigError:
     where, allowed_keys, annotation = _locate(root, error["loc"])
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if is_secret_setting(where) and error["loc"][-1:] != ("[key]",):
+        value = _Hidden(value)
     if kind == "value_error":
         cause = ctx.get("error")
         if isinstance(cause, _InvalidSettings):  # errors inside a method's settings: (0, <loc in its Config>)
@@ -831,7 +921,11 @@ def _one_error(error: Any, root: Any) -> ConfigError:
     if kind == "finite_number":
         return ConfigError(where, f"must be a finite number, got {value}")
     if kind in ("dataclass_type", "dataclass_exact_type"):
-        return ConfigError(where, f"expected a mapping, got {type(value).__name__} {value!r}")
+        if isinstance(value, _Hidden) or value is None:
+            shown = "null" if value is None else str(value)
+        else:
+            shown = f"{type(value).__name__} {value!r}"
+        return ConfigError(where, f"expected a mapping, got {shown}")
     if error["loc"][-1:] == ("[key]",):
         return ConfigError(where, f"keys must be strings, got {value!r}")
     if kind in _TYPE_ERRORS and annotation is not None:
@@ -929,9 +1023,9 @@ def _type_name(tp: Any) -> str:
         return "a mapping"
     if tp is type(None):
         return "null"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return "a mapping"  # a section: never its class name
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, "a value")
 
 
 def _join(where: str, key: str) -> str:

@@ -30,7 +30,7 @@ def get_logger(name: str) -> logging.Logger:
 
 
 class RedactingFilter(logging.Filter):
-    """Rewrites a record's message with `redact` (secret values become '***')."""
+    """Rewrites a record's message with `redact` (secret values become '<redacted>')."""
 
     def __init__(self, redact: Callable[[str], str]) -> None:
         super().__init__()

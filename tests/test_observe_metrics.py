@@ -132,20 +132,19 @@ def test_server_is_bound_to_loopback_and_serves_the_registry(tmp_path):
 
 
 def test_storage_retries_are_counted(tmp_path, monkeypatch):
-    from fsspec.implementations.memory import MemoryFileSystem
+    import os
 
-    original = MemoryFileSystem.pipe_file
+    original = os.replace
     failures = []
 
-    def flaky(self, path, value, *args, **kwargs):
-        if path.endswith("part-00001.parquet") and not failures:
-            failures.append(path)
+    def flaky(src, dst, *args, **kwargs):  # the local writer's atomic rename of a finished file
+        if str(dst).endswith("part-00001.parquet") and not failures:
+            failures.append(dst)
             raise ConnectionError("injected")
-        return original(self, path, value, *args, **kwargs)
+        return original(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(MemoryFileSystem, "pipe_file", flaky)
+    monkeypatch.setattr(os, "replace", flaky)
     doc = job_doc(tmp_path, {"name": "bon", "n": 2})
-    doc["output"]["dir"] = f"memory://h6-{tmp_path.name}"
     labels = {"method": "bon", **RUN}
     before = value("flowscale_storage_retries_total", **labels)
     run_job(load_job(doc))

@@ -45,6 +45,7 @@ _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+MAX_DEPTH = 32  # levels of nesting a prompt's metadata may have
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 
 
@@ -86,11 +87,15 @@ def read_prompt_file(
     name = spec.file
     uri = resolve_local(spec.file, base_dir)
     redact = Redactor.for_storage(storage)
+    if "://" not in uri and Path(uri).is_dir():
+        raise ConfigError(WHERE, f"{name} is a directory, not a prompt file; name the file in it")
     fmt, compression = _format_of(spec, uri)
 
     def read() -> tuple[list[tuple[int, dict[str, Any]]], bytes]:
         fs, path = open_filesystem(uri, storage)
         if not fs.isfile(path):
+            if fs.isdir(path):
+                raise ConfigError(WHERE, f"{name} is a directory, not a prompt file; name the file in it")
             raise ConfigError(WHERE, f"no such file: {name}")
         with fs.open(path, "rb", compression=compression) as f:
             if fmt == "parquet":
@@ -155,29 +160,64 @@ def _jsonl_rows(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ConfigError(WHERE, f"{name} line {n}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise ConfigError(
+                WHERE, f"{name} line {n}: JSON nested too deeply (metadata may nest at most {MAX_DEPTH} levels)"
+            ) from None
+        except ValueError:  # Python's limit on converting long digit strings
+            raise ConfigError(WHERE, f"{name} line {n}: invalid JSON (a number of more than 4300 digits)") from None
         if not isinstance(obj, dict):
             raise ConfigError(WHERE, f"{name} line {n}: expected a JSON object, got {type(obj).__name__}")
         yield n, obj
 
 
 def _csv_rows(text: str, name: str, spec: PromptFileConfig) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    """Data records as mappings. The reader is strict: a quote that is never closed (which would swallow every
+    row after it into one field) or text after a closing quote is an error naming the line where the record
+    starts; so is a record with more or fewer fields than the header, or a column named twice."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1  # the line the next record starts on
+
+    def bad(exc: csv.Error) -> ConfigError:
+        what = str(exc)
+        if "unexpected end of data" in what:
+            what = "a quoted field that opens here is never closed (an unterminated quote)"
+        return ConfigError(
+            WHERE,
+            f"{name} line {start}: bad CSV ({what}); a field that starts with a double quote must end with one, "
+            'and a quote inside it is written twice ("")',
+        )
+
     try:
-        columns = reader.fieldnames
+        columns = next(reader, None)
     except csv.Error as exc:
-        raise ConfigError(WHERE, f"{name} line 1: bad CSV header ({exc})") from None
+        raise bad(exc) from None
     if not columns:
         raise ConfigError(WHERE, f"{name} is empty")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise ConfigError(WHERE, f"{name} line 1: column {repeated[0]!r} is named twice in the header")
     _require_columns(columns, spec, name)
     row = 0
-    try:
-        for record in reader:
-            row += 1
-            if None in record:
-                raise ConfigError(WHERE, f"{name} row {row} (line {reader.line_num}): more fields than the header")
-            yield row, {k: _csv_cell(v) if k != spec.column else v for k, v in record.items()}
-    except csv.Error as exc:
-        raise ConfigError(WHERE, f"{name} line {reader.line_num}: bad CSV ({exc})") from None
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader, None)
+        except csv.Error as exc:
+            raise bad(exc) from None
+        if fields is None:
+            return
+        if not fields:  # a blank line
+            continue
+        row += 1
+        if len(fields) != len(columns):
+            more = "more" if len(fields) > len(columns) else "fewer"
+            raise ConfigError(
+                WHERE,
+                f"{name} row {row} (line {start}): {len(fields)} field(s), {more} than the header's {len(columns)}",
+            )
+        record = dict(zip(columns, fields, strict=True))
+        yield row, {k: _csv_cell(v) if k != spec.column else v for k, v in record.items()}
 
 
 def _csv_cell(value: str | None) -> Any:
@@ -186,8 +226,8 @@ def _csv_cell(value: str | None) -> Any:
     if value[:1] in "{[":
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
-            return value
+        except (ValueError, RecursionError):  # not JSON after all (JSONDecodeError is a ValueError)
+            return value  # kept as text; nesting past MAX_DEPTH is refused with the row
     return value
 
 
@@ -278,8 +318,8 @@ def _build(
 def _unwritable(value: Any, depth: int = 0) -> str | None:
     """Why `value` (a prompt's text, id or metadata) cannot be written to the output's UTF-8 Parquet and JSON, or
     None: a lone surrogate (JSON's "\\ud800" decodes to one), NaN or infinity (not JSON), nesting past 32 levels."""
-    if depth > 32:
-        return "metadata nested more than 32 levels deep"
+    if depth > MAX_DEPTH:
+        return f"nested more than {MAX_DEPTH} levels deep"
     if isinstance(value, str):
         try:
             value.encode("utf-8")

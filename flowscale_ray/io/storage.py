@@ -6,9 +6,13 @@
 S3 (`s3://`) goes through s3fs. Its endpoint, credentials and options come from the job file's `storage`
 section, else from the standard AWS variables (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, and the
 credential chain botocore reads itself: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
-profiles). Credentials never leave this module in the clear: `Redactor` scrubs every secret it knows of
-(from the job file and from those variables) out of any text bound for a log, a row or the manifest, and
-`describe_storage` gives the settings with the secrets replaced.
+profiles). Credentials never leave this module in the clear: every value under the job's `storage` section is a
+secret unless it is on a short allowlist of harmless settings (config.HARMLESS_STORAGE_SETTINGS); `Redactor`
+scrubs those values (and the AWS credential variables, and URL user-info) out of any text bound for a log, an
+error, a row or the manifest, and `describe_storage` gives the settings with the secrets replaced.
+
+An S3 endpoint that is set (job file or environment) is checked with one short TCP connection before the first
+request (`check_reachable`), so an endpoint that is down is one line naming it, not minutes of retries.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flowscale_ray.config import StorageConfig
+from flowscale_ray.config import HARMLESS_STORAGE_SETTINGS, StorageConfig
 
 REDACTED = "<redacted>"
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -73,6 +77,9 @@ def open_filesystem(uri: str, storage: StorageConfig | None = None, base_dir: Pa
     if protocol in ("s3", "s3a"):
         import s3fs
 
+        endpoint = s3_endpoint(storage)
+        if endpoint is not None:
+            check_reachable(*endpoint, Redactor.for_storage(storage))
         fs = s3fs.S3FileSystem(**s3_options(storage))
         return fs, fs._strip_protocol(uri)
     fs, path = fsspec.core.url_to_fs(uri, **dict(storage.options))
@@ -86,7 +93,9 @@ def is_local(fs: Any) -> bool:
 
 
 class Redactor:
-    """Replaces known secrets (job-file credentials, AWS variables, URL user-info) in text."""
+    """Replaces secrets in text: every value under the job's `storage` section that is not on the allowlist of
+    harmless settings (config.HARMLESS_STORAGE_SETTINGS), whatever its key is called or how deep it sits; the
+    user-info of any URL there; the AWS credential variables; and `scheme://user:password@` in any URL."""
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         values = {s for s in secrets if s and len(s) >= 4}
@@ -97,8 +106,14 @@ class Redactor:
     def for_storage(cls, storage: StorageConfig | None) -> Redactor:
         if storage is None:
             return cls()
-        nested = [v for k, v in _walk(storage.options) if _SECRET_KEYS.search(k) and isinstance(v, str)]
-        return cls([storage.key, storage.secret, storage.token, *nested])
+        secrets: list[str] = []
+        for path, value in _settings(storage):
+            if isinstance(value, str) and "@" in value:  # a URL's user-info, even without a scheme
+                userinfo = value.split("://", 1)[-1].rsplit("@", 1)[0]
+                secrets += [userinfo, userinfo.partition(":")[2]]  # all of it, and the password alone
+            if not _harmless(path) and value is not None and not isinstance(value, bool):
+                secrets.append(str(value))
+        return cls(secrets)
 
     def __call__(self, text: str) -> str:
         for s in self._secrets:
@@ -111,7 +126,7 @@ class Redactor:
             return self(obj)
         if isinstance(obj, dict):
             return {
-                k: (REDACTED if _SECRET_KEYS.search(str(k)) and v not in (None, False) else self.value(v))
+                k: (REDACTED if is_secret_key(str(k)) and v not in (None, False) else self.value(v))
                 for k, v in obj.items()
             }
         if isinstance(obj, list | tuple):
@@ -119,28 +134,129 @@ class Redactor:
         return obj
 
 
-def _walk(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+def is_secret_key(key: str) -> bool:
+    """A key that names a credential wherever it appears ('api_key', 'SessionToken', 'SSECustomerKey', ...)."""
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower()
+    return bool(_SECRET_KEYS.search(snake))
+
+
+def _harmless(path: str) -> bool:
+    return path in HARMLESS_STORAGE_SETTINGS
+
+
+def _settings(storage: StorageConfig) -> Iterable[tuple[str, Any]]:
+    """(path below `storage`, value) of every leaf setting; a list counts as one leaf."""
+    top = {
+        "endpoint_url": storage.endpoint_url,
+        "key": storage.key,
+        "secret": storage.secret,
+        "token": storage.token,
+        "anon": storage.anon,
+        "retries": storage.retries,
+    }
+    yield from top.items()
+    yield from _leaves(storage.options, "options")
+
+
+def _leaves(obj: Any, prefix: str) -> Iterable[tuple[str, Any]]:
     if isinstance(obj, dict):
         for k, v in obj.items():
-            yield str(k), v
-            yield from _walk(v, str(k))
+            yield from _leaves(v, f"{prefix}.{k}")
     elif isinstance(obj, list | tuple):
         for v in obj:
-            yield from _walk(v, prefix)
+            yield from _leaves(v, prefix)
+    else:
+        yield prefix, obj
+
+
+def _described(obj: Any, prefix: str, redact: Redactor) -> Any:
+    if isinstance(obj, dict):
+        return {k: _described(v, f"{prefix}.{k}", redact) for k, v in obj.items()}
+    if obj is None:
+        return None
+    if _harmless(prefix):
+        return redact(obj) if isinstance(obj, str) else obj
+    return REDACTED
 
 
 def describe_storage(storage: StorageConfig) -> dict[str, Any]:
-    """The storage settings as recorded in the manifest: secrets replaced, never the values."""
+    """The storage settings as recorded in `_run.json` and the manifest: every value that is not on the allowlist
+    of harmless settings replaced by '<redacted>' (null stays null); URLs without their user-info."""
     redact = Redactor.for_storage(storage)
     return {
-        "endpoint_url": redact(storage.endpoint_url) if storage.endpoint_url else None,
-        "key": REDACTED if storage.key else None,
-        "secret": REDACTED if storage.secret else None,
-        "token": REDACTED if storage.token else None,
+        "endpoint_url": _described(storage.endpoint_url, "endpoint_url", redact),
+        "key": _described(storage.key, "key", redact),
+        "secret": _described(storage.secret, "secret", redact),
+        "token": _described(storage.token, "token", redact),
         "anon": storage.anon,
         "retries": storage.retries,
-        "options": redact.value(dict(storage.options)),
+        "options": _described(dict(storage.options), "options", redact),
     }
+
+
+# -- is the endpoint there? -----------------------------------------------------------------------------------
+PROBE_TIMEOUT_S = 5.0
+_reached: set[tuple[str, int]] = set()  # endpoints this process has reached
+
+
+def s3_endpoint(storage: StorageConfig) -> tuple[str, str] | None:
+    """(the S3 endpoint URL a job uses, where it was set) when one is set; None for AWS's own endpoints."""
+    client_kwargs = storage.options.get("client_kwargs")
+    candidates = [
+        ("storage.endpoint_url", storage.endpoint_url),
+        ("storage.options.endpoint_url", storage.options.get("endpoint_url")),
+        (
+            "storage.options.client_kwargs.endpoint_url",
+            client_kwargs.get("endpoint_url") if isinstance(client_kwargs, dict) else None,
+        ),
+        ("AWS_ENDPOINT_URL_S3", os.environ.get("AWS_ENDPOINT_URL_S3")),
+        ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")),
+    ]
+    for where, url in candidates:
+        if isinstance(url, str) and url:
+            return url, where
+    return None
+
+
+def check_reachable(url: str, where: str, redact: Callable[[str], str]) -> None:
+    """Refuse (ConfigError, one line) an endpoint nothing listens on, with one TCP connection of at most
+    PROBE_TIMEOUT_S seconds: otherwise botocore's and s3fs's retries would spend minutes before a traceback.
+    Skipped when a proxy carries the requests (the proxy reaches the endpoint, not this process)."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    from flowscale_ray.config import ConfigError
+
+    parts = urllib.parse.urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number
+        host, port = None, None
+    if not host:
+        raise ConfigError(where, f"{redact(url)} names no host; expected a URL such as http://127.0.0.1:9000")
+    port = port or (443 if parts.scheme == "https" else 80)
+    proxies = urllib.request.getproxies()
+    if (key := (host, port)) in _reached or (proxies.get(parts.scheme) and not urllib.request.proxy_bypass(host)):
+        return
+    try:
+        with socket.create_connection(key, timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        if isinstance(exc, socket.gaierror):
+            reason = f"no such host {host!r}"
+        elif isinstance(exc, TimeoutError | socket.timeout):
+            reason = f"no answer within {PROBE_TIMEOUT_S:g} s"
+        elif isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused"
+        else:
+            reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            where,
+            f"the S3 endpoint {redact(url)} could not be reached ({reason}); check that the server is up and "
+            "the URL is right",
+        ) from None
+    _reached.add(key)
 
 
 # -- retries ------------------------------------------------------------------------------------------------

@@ -13,12 +13,18 @@ computes that value from the model's folder (JSON configs only) for drivers that
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
+import logging
 import math
 import os
 import re
+import sys
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,16 +120,65 @@ def check_model_folder(path: str, kind: str, expected: Sequence[str], field: str
     return folder
 
 
+_LIBRARIES = ("transformers", "diffusers", "huggingface_hub", "accelerate")
+
+
+@contextlib.contextmanager
+def quiet_libraries(capture_stderr: bool = False) -> Iterator[None]:
+    """Within the block the model libraries say nothing: their loggers (transformers, diffusers, huggingface_hub,
+    accelerate) are muted, their progress bars off and Python warnings ignored; with `capture_stderr`, what they
+    print on stderr themselves is swallowed too. Everything is restored after the block. Loading a model folder
+    runs inside it, so a folder that cannot be loaded gives our one line and nothing before it (library
+    warnings about optional packages, load reports, progress bars)."""
+    import importlib
+
+    restore: list[Callable[[], None]] = []
+    for name in _LIBRARIES:
+        lib_logging = None
+        if name in ("transformers", "diffusers"):  # their own logging configures the logger (and its level)
+            with contextlib.suppress(ImportError):
+                lib_logging = importlib.import_module(f"{name}.utils.logging")
+        logger = logging.getLogger(name)
+        level = logger.level
+        logger.setLevel(logging.CRITICAL + 1)
+        restore.append(functools.partial(logger.setLevel, level))
+        if lib_logging is not None and lib_logging.is_progress_bar_enabled():
+            lib_logging.disable_progress_bar()
+            restore.append(lib_logging.enable_progress_bar)
+    with contextlib.suppress(ImportError):
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        if not are_progress_bars_disabled():
+            disable_progress_bars()
+            restore.append(enable_progress_bars)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if capture_stderr:
+                with contextlib.redirect_stderr(io.StringIO()):
+                    yield
+            else:
+                yield
+    finally:
+        for undo in reversed(restore):
+            undo()
+        sys.stderr.flush()
+
+
 def load_pipeline(cls: Any, path: str, kind: str, expected: Sequence[str], dtype: torch.dtype) -> Any:
     """`cls.from_pretrained(path, dtype=dtype, use_safetensors=True)`, errors as one line."""
     if not isinstance(path, str) or not path:
         raise ValueError(f"model.path: expected a hub id or a local folder, got {path!r}")
     source = str(check_model_folder(path, kind, expected)) if is_local_path(path) else path
     try:
-        pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True)
+        with quiet_libraries(capture_stderr=True):
+            pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True)
     except Exception as exc:
         what = f"folder {source!r}" if is_local_path(path) else f"hub id {path!r} (offline: it must be in the HF cache)"
-        raise ValueError(f"model.path: cannot load a {kind} from {what}: {_first_line(exc)}") from None
+        why = _first_line(exc)
+        if "ignore_mismatched_sizes" in why:  # transformers points at a load report, which was not printed
+            why = "its weights do not match the sizes in its config.json (a file from another model?)"
+        raise ValueError(f"model.path: cannot load a {kind} from {what}: {why}") from None
     pipe.set_progress_bar_config(disable=True)
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(pipe, name, None)

@@ -120,7 +120,8 @@ def load_flux(
     max_sequence_length: int = 512,
 ) -> FluxFlowModel:
     """FLUX from a hub id or a local diffusers folder (see docs/models.md for the options)."""
-    from diffusers import FluxPipeline
+    with dc.quiet_libraries():  # library warnings at import (optional packages) are not the user's business
+        from diffusers import FluxPipeline
 
     if guidance_scale is not None and not isinstance(guidance_scale, int | float):
         raise ValueError(f"model.guidance_scale: expected a number, got {guidance_scale!r}")

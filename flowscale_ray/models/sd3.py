@@ -123,7 +123,8 @@ def load_sd3(
     max_sequence_length: int = 256,
 ) -> SD3FlowModel:
     """SD3 from a hub id or a local diffusers folder (see docs/models.md for the options)."""
-    from diffusers import StableDiffusion3Pipeline
+    with dc.quiet_libraries():  # library warnings at import (optional packages) are not the user's business
+        from diffusers import StableDiffusion3Pipeline
 
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or guidance_scale < 0:
         raise ValueError(f"model.guidance_scale: expected a number >= 0 (<= 1: no guidance), got {guidance_scale!r}")

@@ -1,17 +1,32 @@
-"""Building what a job names: its prompts, model, rewards and the sampler's resolution shift."""
+"""Building what a job names: its prompts, model, rewards and the sampler's resolution shift.
+
+Every problem a user can cause here is a one-line ConfigError naming the job's field: a component that cannot
+be built (`model.options.foo: unknown option of model 'gmm2d'; allowed: ...`), a `module:attr` that is not a
+model, and a reward that cannot score the model's samples (a target of the wrong dimension), found by scoring
+one probe sample before any prompt runs."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flowscale_ray.config import ConfigError, JobConfig, PromptFileConfig, StorageConfig, anchored
+from flowscale_ray.config import ComponentConfig, ConfigError, JobConfig, PromptFileConfig, StorageConfig, anchored
 from flowscale_ray.errors import first_line
 from flowscale_ray.models import FlowModel, build_model
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import Reward, build_reward
+
+# The first prompt of the prompts this process loaded last, by their spec: build_components scores one probe
+# sample with it (a reward may read the prompt's metadata, so a made-up prompt would not do).
+_first_prompt: dict[str, Prompt] = {}
+
+
+def _spec_key(spec: Any) -> str:
+    return repr(spec)
 
 
 def load_prompts(
@@ -22,30 +37,132 @@ def load_prompts(
     """Every prompt of a job, validated (see flowscale_ray.io.prompts)."""
     from flowscale_ray.io.prompts import load_prompts as load
 
-    return load(spec, base_dir, storage)
+    prompts = load(spec, base_dir, storage)
+    _first_prompt.clear()
+    if prompts:
+        _first_prompt[_spec_key(spec)] = prompts[0]
+    return prompts
+
+
+_UNEXPECTED = re.compile(r"got an unexpected keyword argument '([^']+)'")
+_MISSING = re.compile(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)$")
 
 
 def build(kind: str, builder: Callable[[str, dict[str, Any]], Any], name: str, options: dict[str, Any]) -> Any:
-    """Build a component; its errors become one-line ConfigErrors under `kind` (or `kind.options`)."""
+    """Build a component; its errors become one-line ConfigErrors under `kind` (`model`, `reward`, `held_out`):
+    the field a component's own message names ('reward.options.mode: ...' is re-anchored under `kind`), an
+    option the factory does not take, a required option left out."""
     try:
         return builder(name, options)
     except ConfigError:
         raise
-    except (ValueError, TypeError, KeyError, OSError) as exc:
+    except (Exception, SystemExit) as exc:  # whatever a factory raises is about the job's settings for it
         msg = first_line(exc, typed=False)
-        if msg.startswith(f"{kind}."):
-            raise anchored(kind, msg) from None
-        raise ConfigError(f"{kind}.options", f"cannot build {kind} {name!r}: {msg}") from None
+        family = "model" if kind == "model" else "reward"
+        if msg.startswith(f"{family}."):
+            raise anchored(kind, f"{kind}.{msg[len(family) + 1 :]}") from None
+        if isinstance(exc, TypeError) and msg.endswith("object is not callable"):
+            raise ConfigError(f"{kind}.name", f"{name!r} is not a class or factory ({msg})") from None
+        if isinstance(exc, TypeError):
+            error = _signature_error(kind, family, name, options, msg)
+            if error is not None:
+                raise error from None
+        raise ConfigError(f"{kind}.options", f"cannot build {family} {name!r}: {msg}") from None
 
 
-def build_components(job: JobConfig) -> tuple[FlowModel, Reward, Reward | None]:
-    """The job's model, reward and held-out reward (None without one), built in this process."""
+def _signature_error(kind: str, family: str, name: str, options: dict[str, Any], msg: str) -> ConfigError | None:
+    """An option the factory does not take, or a required one left out, named as a field (the TypeError names
+    the factory's Python function instead)."""
+    accepted = _options_of(family, name)
+    unexpected = _UNEXPECTED.search(msg)
+    if unexpected and accepted is not None:
+        allowed = ", ".join(accepted) or "none"
+        return ConfigError(
+            f"{kind}.options.{unexpected[1]}", f"unknown option of {family} {name!r}; allowed: {allowed}"
+        )
+    missing = _MISSING.search(msg)
+    if missing:
+        names = re.findall(r"'([^']+)'", missing[1])
+        if names and not any(n in options for n in names):
+            return ConfigError(f"{kind}.options.{names[0]}", f"required by {family} {name!r}")
+    return None
+
+
+def _options_of(family: str, name: str) -> list[str] | None:
+    """The keyword options a model or reward factory takes, None when it takes any."""
+    from flowscale_ray.models import MODELS
+    from flowscale_ray.rewards import REWARDS
+    from flowscale_ray.utils import import_object
+
+    registry: Any = MODELS if family == "model" else REWARDS
+    try:
+        factory = registry[name] if name in registry else import_object(name)
+        params = inspect.signature(factory).parameters.values()
+    except (Exception, SystemExit):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+
+
+def _is_flow_model(obj: Any) -> bool:
+    return isinstance(obj, FlowModel) or all(callable(getattr(obj, m, None)) for m in ("encode", "velocity", "decode"))
+
+
+def build_components(job: JobConfig, probe: Prompt | None = None) -> tuple[FlowModel, Reward, Reward | None]:
+    """The job's model, reward and held-out reward (None without one), built in this process; each reward then
+    scores one probe sample of the model (the zero latent, decoded) for `probe` (default: the first of the job's
+    prompts when this process has loaded them), so that a reward that cannot score the model's samples is refused
+    before any prompt runs."""
     model = build("model", build_model, job.model.name, dict(job.model.options))
+    if not _is_flow_model(model):
+        raise ConfigError(
+            "model.name",
+            f"{job.model.name!r} returned a {type(model).__name__}, not a flow model; name a registered model or a "
+            "'module:factory' that returns a FlowModel (see docs/models.md)",
+        )
     reward = build("reward", build_reward, job.reward.name, dict(job.reward.options))
     held = None
     if job.held_out is not None:
         held = build("held_out", build_reward, job.held_out.name, dict(job.held_out.options))
+    probe = probe or _first_prompt.get(_spec_key(job.prompts))
+    if probe is not None:
+        check_scoring(job, model, [("reward", job.reward, reward), ("held_out", job.held_out, held)], probe)
     return model, reward, held
+
+
+def check_scoring(
+    job: JobConfig, model: FlowModel, rewards: list[tuple[str, ComponentConfig | None, Reward | None]], probe: Prompt
+) -> None:
+    """Score the model's zero latent, decoded, with each reward for `probe`: a reward that raises on it (a target
+    of the wrong dimension, a sample it cannot read) or gives other than one value is a ConfigError naming it.
+    A model whose decoder itself fails on the probe is left to the run (its errors are per prompt)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            latent = torch.zeros((1, *model.latent_shape), dtype=model.dtype, device=model.device)
+            sample = model.decode(latent)
+    except Exception:
+        return
+    for kind, spec, reward in rewards:
+        if reward is None or spec is None:
+            continue
+        try:
+            with torch.no_grad():
+                values = torch.as_tensor(reward(sample, [probe]))
+            count = values.numel()
+        except Exception as exc:
+            problem = first_line(exc, typed=False)
+        else:
+            if count == 1:
+                continue
+            problem = f"it gave {count} values for 1 sample"
+        raise ConfigError(
+            f"{kind}.options",
+            f"{kind} {spec.name!r} cannot score the samples of model {job.model.name!r} (shape "
+            f"{tuple(sample.shape[1:])}): {problem}; check its options against the model (e.g. a target's dimension)",
+        )
 
 
 def resolve_sampler_shift(job: JobConfig) -> JobConfig:

@@ -16,7 +16,7 @@ def validate_job(job: JobConfig, base_dir: Path | None = None, source: str = "jo
     raises ConfigError."""
     job = resolve_sampler_shift(job)
     prompts = load_prompts(job.prompts, base_dir, job.storage)
-    build_components(job)
+    build_components(job, probe=prompts[0])  # each reward scores one probe sample of the model
     output = RunOutput.open(job, prompts)
     state = output.describe_state()  # raises on a conflicting run: that is bad input too
     lines = [
