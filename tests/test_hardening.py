@@ -79,6 +79,7 @@ class Case:
     absent: list[str] = field(default_factory=list)  # never on stdout or stderr (secrets, class names, ...)
     env: dict[str, str] = field(default_factory=dict)
     timeout: float = 60
+    then: list[list[str]] = field(default_factory=list)  # more commands, run after it in the same folder
 
 
 def job_cases(name: str, text: str, words: str | list[str], absent: list[str] | None = None) -> list[Case]:
@@ -351,9 +352,34 @@ CASES: list[Case] = [
 ]
 
 
+# A good run whose storage settings hold secrets under every kind of name (camelCase, nested, a number), then its
+# report and inspect: no secret value anywhere in what was written or printed; the harmless settings shown.
+SSE_KEY, SESSION, NUMBER = "c3NlLWMtdGVzdC1rZXktb2YtMzItYnl0ZXM=", "FwoGZXIvYXdzEHardening", 918273645
+SECRETS_RUN = Case(
+    "secrets-by-value",
+    ["run", "job.yaml"],
+    {
+        "job.yaml": with_lines(
+            "storage:\n"
+            "  key: AKIAHARDENINGKEY0001\n"
+            "  secret: hardening-secret-Vb61\n"
+            "  options:\n"
+            f"    s3_additional_kwargs: {{SSECustomerKey: '{SSE_KEY}', SSECustomerAlgorithm: AES256}}\n"
+            f"    SessionToken: {SESSION}\n"
+            f"    config_kwargs: {{x_custom: {NUMBER}}}\n"
+            "    client_kwargs: {region_name: eu-west-1}"
+        )
+    },
+    [],
+    then=[["report", "out/t", "--out", "report.html"], ["inspect", "out/t", "--no-sheet"]],
+)
+SECRET_VALUES = [KEY, SECRET, SSE_KEY, SESSION, str(NUMBER), "AES256"]
+
+
 def _serve(spec_path: str) -> None:
-    """The batch process: import the package once, then run each case in a forked child of its own (its folder,
-    environment, stdout and stderr), killed at its timeout. Writes {id: {rc, stdout, stderr}}."""
+    """The batch process: import the package once, then run each step of each case in a forked child of its own
+    (the case's folder and environment, its own stdout and stderr), killed at its timeout. Writes
+    {id: [{rc, stdout, stderr} per step]}."""
     import flowscale_ray.cli as cli
     import flowscale_ray.run  # noqa: F401  (what every job command imports, shared by the children)
     from flowscale_ray.config import job_adapter
@@ -363,48 +389,53 @@ def _serve(spec_path: str) -> None:
     results = {}
     for case in spec["cases"]:
         folder = Path(case["folder"])
-        out, err = folder / ".stdout", folder / ".stderr"
-        pid = os.fork()
-        if pid == 0:  # the child: a flowscale process of its own
-            code = 1
-            try:
-                os.chdir(folder)
-                os.environ.update(case["env"])
-                for fd, path in ((1, out), (2, err)):
-                    os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-                sys.argv = ["flowscale", *case["argv"]]
-                code = cli.main(case["argv"])
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:  # what Python itself would do with an uncaught exception
-                import traceback
-
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        deadline = time.monotonic() + case["timeout"]
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                rc = os.waitstatus_to_exitcode(status)
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                rc = "timeout"
-                break
-            time.sleep(0.01)
-        results[case["id"]] = {
-            "rc": rc,
-            "stdout": out.read_text(errors="replace"),
-            "stderr": err.read_text(errors="replace"),
-        }
+        results[case["id"]] = [
+            _child(cli.main, folder, argv, case["env"], case["timeout"], n) for n, argv in enumerate(case["steps"])
+        ]
     Path(spec["results"]).write_text(json.dumps(results))
+
+
+def _child(main, folder: Path, argv: list[str], env: dict[str, str], timeout: float, n: int) -> dict:
+    out, err = folder / f".stdout-{n}", folder / f".stderr-{n}"
+    pid = os.fork()
+    if pid == 0:  # the child: a flowscale process of its own
+        code = 1
+        try:
+            os.chdir(folder)
+            os.environ.update(env)
+            for fd, path in ((1, out), (2, err)):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+            sys.argv = ["flowscale", *argv]
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # what Python itself would do with an uncaught exception
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            rc: int | str = os.waitstatus_to_exitcode(status)
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            rc = "timeout"
+            break
+        time.sleep(0.01)
+    result = {"rc": rc, "stdout": out.read_text(errors="replace"), "stderr": err.read_text(errors="replace")}
+    out.unlink()
+    err.unlink()
+    return result
 
 
 def write_files(folder: Path, files: dict[str, str | bytes]) -> None:
@@ -422,17 +453,18 @@ def corpus(tmp_path_factory):
     """Every case of CASES run once: {id: (folder, {rc, stdout, stderr})}."""
     root = tmp_path_factory.mktemp("corpus")
     folders, spec = {}, []
-    for case in CASES:
+    for case in [*CASES, SECRETS_RUN]:
         folder = root / case.id
         folder.mkdir()
         write_files(folder, case.files)
         folders[case.id] = folder
-        spec.append({"id": case.id, "folder": str(folder), "argv": case.argv, "env": case.env, "timeout": case.timeout})
+        steps = [case.argv, *case.then]
+        spec.append({"id": case.id, "folder": str(folder), "steps": steps, "env": case.env, "timeout": case.timeout})
     (root / "spec.json").write_text(json.dumps({"cases": spec, "results": str(root / "results.json")}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", AWS_EC2_METADATA_DISABLED="true")
     code = "import sys; from tests.test_hardening import _serve; _serve(sys.argv[1])"
-    budget = sum(c.timeout for c in CASES) + 60
+    budget = sum(c.timeout * (1 + len(c.then)) for c in [*CASES, SECRETS_RUN]) + 60
     argv = [sys.executable, "-c", code, str(root / "spec.json")]
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=budget)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -442,7 +474,7 @@ def corpus(tmp_path_factory):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(corpus, case):
-    folder, result = corpus[case.id]
+    folder, (result,) = corpus[case.id]
     err = result["stderr"]
     assert result["rc"] == 2, (result["rc"], err[-2000:])
     assert err.count("\n") == 1 and err.startswith("flowscale: error: ") and "Traceback" not in err, err[-2000:]
@@ -474,3 +506,15 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
         shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=60,
     )  # fmt: skip
     assert proc.stdout.startswith("run t at out/t") and proc.stderr == "", proc.stderr
+
+
+def test_storage_secrets_are_redacted_by_value_everywhere(corpus):
+    folder, steps = corpus[SECRETS_RUN.id]
+    assert [step["rc"] for step in steps] == [0, 0, 0], [step["stderr"][-1000:] for step in steps]
+    printed = "".join(step["stdout"] + step["stderr"] for step in steps)
+    written = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "job.yaml"}
+    assert folder / "report.html" in written and any(b"eu-west-1" in data for data in written.values())
+    for secret in SECRET_VALUES:
+        assert secret not in printed, secret
+        for path, data in written.items():
+            assert secret.encode() not in data, (secret, path)

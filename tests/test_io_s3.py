@@ -345,3 +345,96 @@ def test_driver_killed_mid_run_on_s3_then_resumed(s3_endpoint, bucket, tmp_path)
     assert sorted(r["prompt"] for r in rows) == sorted(texts) and len(rows) == n
     assert fs.exists(f"{root}/.flowscale/SUCCESS")
     assert SECRET not in proc2.stdout + proc2.stderr
+
+
+def test_images_written_through_a_remote_filesystem(s3_endpoint, bucket, tmp_path):
+    """A run with images on S3 (formerly done on memory://, which output.dir now refuses: it keeps nothing)."""
+    from flowscale_ray.io.writer import SUCCESS
+
+    doc = job_doc(
+        bucket,
+        s3_endpoint,
+        model={"name": "tests.test_io_run:toy_model"},
+        reward={"name": "tests.test_io_run:red"},
+        held_out={"name": "tests.test_io_run:green"},
+        prompts=["a red square", "two circles", "three things", "four", "five items here"],
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    assert main(["run", str(job)]) == 0
+    fs = s3(s3_endpoint)
+    root = f"{bucket}/datasets/s3job"
+    assert fs.exists(f"{root}/{SUCCESS}")
+    rows = rows_of(fs, root)
+    assert len(rows) == 5 and all(r["image"]["bytes"] for r in rows)
+    assert all(r["held_out"] is not None for r in rows)
+
+
+def test_an_endpoint_that_is_down_is_one_line_naming_it(tmp_path, capfd):
+    """Nothing listens on the endpoint: every command says so on one line (no retries for minutes, no botocore
+    traceback, no credentials); the endpoint that is up is reached (the other tests here)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(job_doc("bucket", down, prompts=["a"])))
+    run = "s3://bucket/datasets/s3job"
+    for argv in (["validate", str(job)], ["run", str(job)], ["inspect", run, "--job", str(job), "--no-sheet"]):
+        started = time.perf_counter()
+        assert main(argv) == 2, argv
+        elapsed = time.perf_counter() - started
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"storage.endpoint_url: the S3 endpoint {down} could not be reached (connection refused)" in err
+        assert SECRET not in err and KEY not in err
+        print(f"{argv[0]}: {elapsed:.2f}s")
+
+
+def test_every_storage_value_is_a_secret_unless_known_harmless(monkeypatch):
+    """Redaction by value: whatever a setting under `storage` is called (camelCase, nested, a number), its value is
+    scrubbed from text and replaced in the recorded settings; the allowlisted settings are shown."""
+    from flowscale_ray.config import StorageConfig
+    from flowscale_ray.io.storage import REDACTED, Redactor, describe_storage
+
+    sse, session, number = "c3NlLWMta2V5LTMyLWJ5dGVzLWxvbmctZm9yLXRlc3Q=", "FwoGZXIvYXdzEJr-session", 918273645
+    storage = StorageConfig(
+        endpoint_url="https://minio.internal:9000",
+        options={
+            "s3_additional_kwargs": {"SSECustomerKey": sse, "SSECustomerAlgorithm": "AES256"},
+            "SessionToken": session,
+            "client_kwargs": {"region_name": "eu-west-1", "endpoint_url": "http://u:pw-in-url@proxy:3128"},
+            "config_kwargs": {"connect_timeout": 5, "x_custom_number": number},
+        },
+    )
+    redact = Redactor.for_storage(storage)
+    text = f"sse {sse} session {session} number {number} url http://u:pw-in-url@proxy:3128/x"
+    assert redact(text) == f"sse {REDACTED} session {REDACTED} number {REDACTED} url http://{REDACTED}@proxy:3128/x"
+    described = describe_storage(storage)
+    flat = json.dumps(described)
+    for secret in (sse, session, str(number), "pw-in-url", "AES256"):
+        assert secret not in flat
+    opts = described["options"]
+    assert opts["s3_additional_kwargs"] == {"SSECustomerKey": REDACTED, "SSECustomerAlgorithm": REDACTED}
+    assert opts["SessionToken"] == REDACTED and opts["config_kwargs"]["x_custom_number"] == REDACTED
+    assert opts["client_kwargs"]["region_name"] == "eu-west-1" and opts["config_kwargs"]["connect_timeout"] == 5
+    assert described["endpoint_url"] == "https://minio.internal:9000"
+    # a log line of a run is redacted before any handler sees it
+    from flowscale_ray.logs import get_logger, redacting
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = get_logger("flowscale_ray.test_redaction")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        with redacting(redact):
+            logger.warning(f"storage said {session} and {number}")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == [f"storage said {REDACTED} and {REDACTED}"]
