@@ -1,5 +1,5 @@
-"""VQAScore on a tiny random-initialised LLaVA built in code: probabilities, batching, the template, and the
-value computed directly with the model."""
+"""VQAScore on tiny random-initialised vision-language models built in code (LLaVA with a chat template,
+InstructBLIP without one): probabilities, batching, the template, and the value computed directly with the model."""
 
 import pytest
 import torch
@@ -11,7 +11,9 @@ from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import build_reward
 from flowscale_ray.rewards.vqa import DEFAULT_TEMPLATE
 from flowscale_ray.search import METHODS
-from tests.tiny_models import save_llava, vlm_folder  # noqa: F401  (fixture)
+from tests.tiny_models import instructblip_folder, save_llava, vlm_folder  # noqa: F401  (fixtures)
+
+FOLDERS = ["vlm_folder", "instructblip_folder"]  # LLaVA (chat template), InstructBLIP (none; adds its image tokens)
 
 PROMPTS = [Prompt(f"p{i}", t) for i, t in enumerate(["3 red circles", "a dog", "2 blue squares and 1 apple", "x"])]
 
@@ -29,9 +31,10 @@ def direct(reward, image, text, normalize="vocab"):
     from flowscale_ray.rewards import hf_common as hf
 
     model, processor = reward.model, reward.processor
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    inputs = processor(images=hf.pil_images(image[None]), text=[chat], return_tensors="pt")
+    if processor.chat_template is not None:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=hf.pil_images(image[None]), text=[text], return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits[0, -1].double()
     yes, no = processor.tokenizer.convert_tokens_to_ids(["Yes", "No"])
@@ -41,8 +44,9 @@ def direct(reward, image, text, normalize="vocab"):
 
 
 @pytest.mark.parametrize("normalize", ["vocab", "yes_no"])
-def test_vqa_score_is_the_yes_probability(vlm_folder, normalize):  # noqa: F811
-    reward = build_reward("vqa_score", opts(vlm_folder, batch_size=4, normalize=normalize))
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_vqa_score_is_the_yes_probability(folder, normalize, request):
+    reward = build_reward("vqa_score", opts(request.getfixturevalue(folder), batch_size=4, normalize=normalize))
     x = images()
     scores = reward(x, PROMPTS)
     assert scores.shape == (4,) and scores.dtype == torch.float64
@@ -86,12 +90,18 @@ def test_vqa_score_uses_the_template(vlm_folder):  # noqa: F811
     assert reward.question("a {b}") == "Is this a {b}? Answer yes or no."
 
 
-def test_vqa_score_without_a_chat_template(tmp_path):
+def test_vqa_score_without_a_chat_template(tmp_path, instructblip_folder):  # noqa: F811
+    # A LLaVA processor expects the image placeholder in the text: the question follows it.
     folder = save_llava(tmp_path / "no-chat", chat_template=None)
     reward = build_reward("vqa_score", opts(folder))
     assert reward.text(PROMPTS[1]) == '<image>\nDoes this figure show "a dog"? Please answer yes or no.'
     scores = reward(images(), PROMPTS)
     assert ((scores > 0) & (scores < 1)).all()
+    # InstructBLIP's processor puts its query tokens in itself: the text is the question alone.
+    blip = build_reward("vqa_score", opts(instructblip_folder))
+    assert blip.text(PROMPTS[1]) == 'Does this figure show "a dog"? Please answer yes or no.'
+    inputs = blip.processor(images=[images(1)[0].permute(1, 2, 0).mul(255).byte().numpy()], text=[blip.text("a")])
+    assert inputs["input_ids"][0][:4] == [blip.tokenizer.convert_tokens_to_ids("<image>")] * 4
 
 
 def test_vqa_score_dtype_and_option_errors(vlm_folder, tmp_path):  # noqa: F811

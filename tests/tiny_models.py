@@ -399,3 +399,80 @@ def save_llava(folder: Path, **kwargs) -> Path:
 @pytest.fixture(scope="session")
 def vlm_folder(tmp_path_factory) -> Path:
     return save_llava(tmp_path_factory.mktemp("vlm") / "tiny-llava")
+
+
+def instructblip(seed: int = 0, image_size: int = 16):
+    """(InstructBlipForConditionalGeneration, InstructBlipProcessor) of tiny size: ViT + Q-Former + OPT decoder.
+    The processor has no chat template and puts the query tokens before the text itself."""
+    from transformers import (
+        BertTokenizer,
+        BlipImageProcessor,
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        InstructBlipProcessor,
+        InstructBlipQFormerConfig,
+        InstructBlipVisionConfig,
+        OPTConfig,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = vlm_tokenizer()
+    vision = InstructBlipVisionConfig(
+        hidden_size=16,
+        intermediate_size=24,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        image_size=image_size,
+        patch_size=4,
+        initializer_range=0.5,  # BLIP's default (1e-10) makes a random tower ignore the image
+    )
+    qformer = InstructBlipQFormerConfig(
+        vocab_size=len(DETECTOR_WORDS),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=24,
+        encoder_hidden_size=16,
+        cross_attention_frequency=1,
+        max_position_embeddings=64,
+        initializer_range=0.5,
+    )
+    text = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        ffn_dim=24,
+        num_attention_heads=2,
+        max_position_embeddings=256,
+        word_embed_proj_dim=16,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    cfg = InstructBlipConfig(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=4,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    model = InstructBlipForConditionalGeneration(cfg).eval()
+    processor = InstructBlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+        qformer_tokenizer=BertTokenizer(vocab={w: i for i, w in enumerate(DETECTOR_WORDS)}),
+        num_query_tokens=4,
+    )
+    return model, processor
+
+
+def save_instructblip(folder: Path, **kwargs) -> Path:
+    model, processor = instructblip(**kwargs)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    processor.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def instructblip_folder(tmp_path_factory) -> Path:
+    return save_instructblip(tmp_path_factory.mktemp("vlm") / "tiny-instructblip")

@@ -9,9 +9,11 @@ with its `AutoProcessor`: decoder-only language models, whose next-token distrib
 read at the last prompt token.
 
 The question goes through the processor's chat template as one user turn holding the image and the question,
-with the generation prompt added; a processor without a chat template gets "<image token>\\n{question}". Rows
-are right-padded, so a row's last token sees exactly what it sees alone (causal attention, positions from 0):
-a row scores the same alone or in a batch, up to floating-point rounding of the batched kernels.
+with the generation prompt added. Without a chat template the text is the question alone when the processor puts
+the image tokens in itself (InstructBLIP and other BLIP-style processors), else "<image token>\\n{question}"
+(checked once at load, by processing a blank image). Rows are right-padded, so a row's last token sees exactly
+what it sees alone (causal attention, positions from 0): a row scores the same alone or in a batch, up to
+floating-point rounding of the batched kernels.
 
 Score (`normalize`):
 - `vocab` (default): the softmax over the whole vocabulary at the answer position, probability of the first
@@ -114,6 +116,21 @@ class VQAScore(Reward):
                 "add its chat_template.jinja"
             )
         self._keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.image_prefix = "" if self._processor_adds_image_tokens() else f"{self.image_token}\n"
+
+    def _processor_adds_image_tokens(self) -> bool:
+        """Whether the processor puts the image placeholder tokens into the text itself (BLIP-like processors) or
+        expects the text to carry one (LLaVA-like)."""
+        if getattr(self.processor, "chat_template", None) is not None or not self.image_token:
+            return True
+        from PIL import Image
+
+        token = str(getattr(self.image_token, "content", self.image_token))
+        try:
+            ids = self.processor(images=[Image.new("RGB", (32, 32))], text=["x"], return_tensors="pt")["input_ids"]
+        except Exception:  # e.g. LLaVA: "the number of image tokens does not match the images"
+            return False
+        return bool((ids == self.tokenizer.convert_tokens_to_ids(token)).any())
 
     def question(self, prompt: Prompt | str) -> str:
         return self.template.format(prompt=prompt if isinstance(prompt, str) else prompt.text)
@@ -122,7 +139,7 @@ class VQAScore(Reward):
         """The model's whole text input for one prompt (the image placeholder included)."""
         question = self.question(prompt)
         if getattr(self.processor, "chat_template", None) is None:
-            return f"{self.image_token}\n{question}"
+            return f"{self.image_prefix}{question}"
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return str(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
