@@ -173,3 +173,17 @@ def test_bad_compute_budgets_name_the_field(tmp_path, budget, where):
 
     with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
         load_job(_job(tmp_path, budget))
+
+
+def test_validate_states_the_planned_cost_and_a_run_logs_the_measured_one(tmp_path):
+    from flowscale_ray.config import load_job
+    from flowscale_ray.run import run_job
+    from flowscale_ray.run.validate import validate_job
+    from tests.helpers import LogLines
+
+    job = load_job(_job(tmp_path, {"unit": "compute", "c_d": 1.0, "c_v": 0.5, "per_prompt": 45}))
+    cost = [line for line in validate_job(job) if line.lstrip().startswith("cost")]
+    assert cost and "29 NFE, 30 verifier calls = 44 compute units" in cost[0] and "'nfe_budget': 29" in cost[0]
+    with LogLines() as logs:
+        run_job(job)
+    assert any(m.startswith("measured cost: ") and "per verifier call" in m for m in logs)

@@ -100,7 +100,8 @@ def _run(
     output.on_retry = recorder.storage_retry
     output.on_commit = lambda _shard, stats: recorder.shard_committed(stats.rows, stats.bytes)
     started = time.perf_counter()
-    nfe = failed = 0
+    nfe = failed = calls = 0
+    work = {"model": 0.0, "reward": 0.0}  # seconds of model and of reward work of the finished prompts
     preview: list[TaskResult] = []
     # A failed prompt's row is held back until a later prompt succeeds: if the failures go on until the run
     # stops (a broken model, not bad prompts), they are not committed and the resumed run retries them.
@@ -122,6 +123,9 @@ def _run(
             recorder.prompt_finished(outcome)
             record_failures()
             nfe += outcome.nfe
+            calls += outcome.verifier_calls
+            work["model"] += outcome.model_seconds
+            work["reward"] += outcome.reward_seconds
             if not output.add(index, outcome):  # its row could not be written: a `failed` row instead
                 failed += 1
             elif len(preview) < PREVIEW_ROWS:
@@ -142,6 +146,12 @@ def _run(
         f"{len(todo)} prompts run ({failed} failed), {nfe} NFE in {elapsed:.1f}s ({rate:.0f} NFE/s); "
         f"{counts['rows']} rows in {counts['shards']} shards: {output.uri}"
     )
+    if nfe and calls:  # what c_d and c_v measure on this hardware (budgets use the configured ones)
+        log.info(
+            f"measured cost: {work['model'] / nfe * 1e3:.3g} ms of model work per NFE, "
+            f"{work['reward'] / calls * 1e3:.3g} ms of reward work per verifier call "
+            f"(budget.c_d {job.budget.c_d:g}, budget.c_v {job.budget.c_v:g})"
+        )
     return RunReport(job.run_id, output.uri, len(prompts), len(todo), manifest, elapsed, nfe, failed, preview)
 
 

@@ -26,6 +26,19 @@ def validate_job(job: JobConfig, base_dir: Path | None = None, source: str = "jo
         f"  output  {output.writer.root} ({output.num_shards} shards of {job.output.shard_size} prompts): {state}",
     ]
     b = job.budget
+    if b.mode == "per_prompt":
+        from flowscale_ray.search.plan import plan, sized
+
+        ctx = SearchContext(grid=job.sampler.grid_times())
+        method = job.method.build()
+        if b.per_prompt is not None:
+            method = sized(method, b.per_prompt, b.unit, b.costs, ctx, job.output.top_k)
+        cost = plan(method, ctx, job.output.top_k)
+        lines.append(
+            f"  cost    per prompt: {cost.nfe} NFE, {cost.verifier_calls} verifier calls = {cost.units(b.costs):g} "
+            f"compute units (c_d {b.c_d:g}, c_v {b.c_v:g})"
+            + (f"; sized to budget.per_prompt {b.per_prompt:g} {b.unit}: {method.settings()}" if b.per_prompt else "")
+        )
     if b.mode == "dataset" and b.base_nfe is not None and b.per_round is not None and b.mean_nfe is not None:
         ctx = SearchContext(grid=job.sampler.grid_times())
         method = job.method.build()

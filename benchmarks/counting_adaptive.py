@@ -1,0 +1,547 @@
+"""Adaptive search on the built-in counting task: successive halving (`sh`) and the other methods against
+Best-of-N, by NFE and by compute units, paired by prompt over seeds.
+
+Best-of-N and `sh` on the linear ODE are functions of the same trajectories: trajectory i has the same noise
+(NoiseKey(i, ...)) in both, the ODE adds none, and `sh` only stops paying for some of them at its checkpoints.
+So one recorded set of N trajectories per (prompt, seed) (the counting reward of every trajectory's x0 estimate
+at every step, and the held-out score of every final sample) gives both methods' exact outcome at every budget
+up to N trajectories. `eval` replays a sample of (prompt, seed) pairs through the real `sh` and `bon` methods
+and checks the replay against them (same reward, held-out score and NFE) before it reports anything.
+
+    python -m benchmarks.counting_adaptive trace tune    # record tuning trajectories (tuning prompts, seed 101)
+    python -m benchmarks.counting_adaptive tune          # choose sh's checkpoints and keep on them
+    python -m benchmarks.counting_adaptive trace eval    # record evaluation trajectories (50 prompts x seeds 0-2)
+    python -m benchmarks.counting_adaptive eval          # report (and check the replay against real runs)
+    python -m benchmarks.counting_adaptive sde           # real runs of the SDE methods (rbf, abf, vt, svdd, smc)
+
+Trajectories are kept under benchmarks/.cache/ (not committed; about 2 MB per 50 prompt-seeds); the figures go
+to benchmarks/results/counting_adaptive_*.{json,md} and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import RESULTS, save
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+BUDGETS = (50, 100, 300, 500, 1000)
+STEPS = 10
+TUNE_SEED = 101
+EVAL_SEEDS = (0, 1, 2)
+# The grid searched on tuning prompts: checkpoints (fractions of the 10-step grid) and the fraction kept.
+TUNE_GRID = [
+    (cps, keep)
+    for cps in ((0.1,), (0.2,), (0.3,), (0.4,), (0.5,), (0.2, 0.4), (0.1, 0.3), (0.2, 0.5), (0.3, 0.6), (0.2, 0.4, 0.6))
+    for keep in (0.1, 0.2, 0.25, 0.33, 0.5)
+]
+
+
+# -- recording trajectories ----------------------------------------------------------------------------------
+
+
+def record(kind: str, n: int, prompts: int, seeds: tuple[int, ...]) -> Path:
+    """Append one JSON line per (seed, prompt) to the cache: rewards[step][trajectory], held_out[trajectory]."""
+    import torch  # noqa: F401  (imported before the model for thread settings)
+
+    from flowscale_ray.builtin import shapes
+    from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
+    from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
+    from flowscale_ray.models import build_model
+    from flowscale_ray.prompts import Prompt
+
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"counting_ode_{kind}.jsonl"
+    done = {(d["seed"], d["id"]) for d in read(path)} if path.exists() else set()
+    if kind == "tune":
+        from benchmarks.sampler_sweep import tuning_prompts
+
+        texts, prefix = tuning_prompts(prompts), "tune"
+    else:
+        texts, prefix = list(shapes.evaluation_prompts())[:prompts], "eval"
+    spec = SamplerSpec(**SAMPLER_PRESETS["linear-ode"])
+    model, both = build_model("shapes"), _Both()
+    started = time.perf_counter()
+    for seed in seeds:
+        for i, text in enumerate(texts):
+            pid = f"{prefix}-{i:03d}"
+            if (seed, pid) in done:
+                continue
+            tracer = _Tracer(n, both)
+            ex = InProcessExecutor(ParticleEngine(model, spec), both, None, in_flight=1)
+            list(ex.run([SearchTask(Prompt(pid, text), tracer, seed)]))
+            with path.open("a") as f:
+                f.write(json.dumps({"seed": seed, "id": pid, "prompt": text, **tracer.out}) + "\n")
+            print(f"{kind} seed {seed} {pid}: {time.perf_counter() - started:.0f}s", flush=True)
+    return path
+
+
+class _Both:
+    """The counting reward, and the held-out counter on the batch the tracer asks for (its final samples)."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        from flowscale_ray.rewards import build_reward
+
+        self.reward, self.held = build_reward("counting"), build_reward("counting_heldout")
+        self.want = False
+        self.scores: list[float] = []
+
+    def __call__(self, x, prompts):
+        if self.want:
+            self.scores = self.held(x, prompts).tolist()
+        return self.reward(x, prompts)
+
+
+def _tracer_class():
+    from flowscale_ray.search.base import SearchMethod, spent
+    from flowscale_ray.search.protocol import (
+        STREAM_INIT,
+        Batch,
+        Expand,
+        Init,
+        Move,
+        NoiseKey,
+        PidCounter,
+        SearchOutcome,
+        StepRecord,
+    )
+
+    @dataclass(frozen=True)
+    class Config:
+        n: int = 200
+
+    class Tracer(SearchMethod):
+        """Best-of-N's trajectories one step at a time, every state scored."""
+
+        name = "trace"
+
+        def __init__(self, n: int, both: _Both) -> None:
+            super().__init__(Config(n))
+            self.both = both
+            self.out: dict[str, Any] = {}
+
+        def planned_nfe(self, ctx):
+            return self.config.n * ctx.steps
+
+        def search(self, ctx, seed):
+            n, times, new_pid = self.config.n, ctx.search_times, PidCounter()
+            inits = tuple(Init(new_pid(), NoiseKey(i, 0, 0, STREAM_INIT)) for i in range(n))
+            evals = yield Batch(inits=inits)
+            cur = [i.pid for i in inits]
+            rewards, nfe = [[evals[p].reward for p in cur]], spent(evals)
+            for k in range(1, len(times)):
+                self.both.want = k == len(times) - 1
+                moves = [Expand(new_pid(), p, (Move(times[k], NoiseKey(i, k, 0)),)) for i, p in enumerate(cur)]
+                evals = yield Batch(expands=tuple(moves), release=tuple(cur))
+                nfe += spent(evals)
+                cur = [e.pid for e in moves]
+                rewards.append([evals[p].reward for p in cur])
+            self.both.want = False
+            self.out = {"rewards": rewards, "held_out": self.both.scores}
+            best = max(range(n), key=lambda i: rewards[-1][i])
+            record = StepRecord(step=len(times) - 1, s=times[-1], nfe=nfe, candidates=n, best_reward=rewards[-1][best])
+            return SearchOutcome(
+                best=cur[best], reward=rewards[-1][best], nfe=nfe, records=[record], selected=[cur[best]]
+            )
+
+    return Tracer
+
+
+def _Tracer(n: int, both: _Both):  # a class built lazily, so importing this module is cheap
+    return _tracer_class()(n, both)
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- replaying Best-of-N and successive halving --------------------------------------------------------------
+
+
+def sh_method(budget: int, checkpoints: tuple[float, ...], keep: float):
+    from flowscale_ray.search.protocol import SearchContext
+    from flowscale_ray.search.successive_halving import SuccessiveHalving, SuccessiveHalvingConfig
+
+    ctx = SearchContext(grid=tuple(1 - i / STEPS for i in range(STEPS + 1)))  # only the step count matters here
+    return SuccessiveHalving(SuccessiveHalvingConfig(checkpoints=checkpoints, keep=keep)).with_budget(budget, ctx), ctx
+
+
+def replay(trace: dict[str, Any], idx: list[int], checkpoints: tuple[float, ...], keep: float) -> dict[str, float]:
+    """`sh` with these settings run on trajectories `idx` (checkpoints () and keep 1: Best-of-len(idx))."""
+    r = trace["rewards"]
+    last = len(r) - 1
+    live = list(idx)
+    nfe, calls, at = len(live), 0, 0
+    if checkpoints:
+        method, ctx = sh_method(10**6, checkpoints, keep)  # the schedule only
+        stops, counts = method.stops(ctx), method.survivors(len(idx), ctx)
+    else:
+        stops, counts = [last], [len(idx)]
+    for leg, (k, count) in enumerate(zip(stops, counts, strict=True)):
+        if leg > 0:  # keep the best `count` at the previous stop, ties to the earlier trajectory (rank_desc)
+            prev = stops[leg - 1]
+            live = sorted(sorted(live, key=lambda i: (-r[prev][i], i))[:count])
+        nfe += len(live) * (k - at)
+        calls += len(live)
+        at = k
+    best = sorted(live, key=lambda i: (-r[last][i], i))[0]
+    reward = r[last][best]
+    return {
+        "reward": reward,
+        "accuracy": float(reward == 0),
+        "held_out": trace["held_out"][best],
+        "nfe": nfe,
+        "verifier_calls": calls + 1,  # scored at every stop, plus the final score
+    }
+
+
+def trajectories_for(method: str, budget: int, checkpoints: tuple[float, ...], keep: float) -> int:
+    if method == "bon":
+        return budget // STEPS
+    sized, ctx = sh_method(budget, checkpoints, keep)
+    return sized._n(ctx)
+
+
+# -- tuning --------------------------------------------------------------------------------------------------
+
+
+def tune(args) -> None:
+    traces = read(CACHE / "counting_ode_tune.jsonl")
+    n = len(traces[0]["rewards"][0])
+    rows = []
+    for budget in args.budgets:
+        per = {}
+        for label, cps, keep in [("bon", (), 1.0), *[(f"sh {list(c)} keep {k}", c, k) for c, k in TUNE_GRID]]:
+            m = trajectories_for("bon" if not cps else "sh", budget, cps, keep)
+            if m < 1 or m > n:
+                continue
+            reps = n // m  # disjoint groups of trajectories: independent replicates of the method
+            acc = [
+                np.mean([replay(t, list(range(j * m, (j + 1) * m)), cps, keep)["accuracy"] for j in range(reps)])
+                for t in traces
+            ]
+            per[label] = (float(np.mean(acc)), cps, keep, m)
+        bon = per.get("bon", (math.nan,))[0]
+        for label, (acc, cps, keep, m) in sorted(per.items(), key=lambda kv: -kv[1][0]):
+            rows.append(
+                {
+                    "budget": budget,
+                    "config": label,
+                    "checkpoints": list(cps),
+                    "keep": keep,
+                    "trajectories": m,
+                    "accuracy": acc,
+                    "vs_bon": acc - bon,
+                }
+            )
+    md = [
+        f"Tuning ({len(traces)} tuning prompts, seed {TUNE_SEED}, {n} recorded linear-ODE trajectories each; accuracy "
+        "averaged over disjoint groups of trajectories). Top 8 per budget, and Best-of-N.",
+        "",
+        "| budget | config | trajectories | accuracy | vs bon |",
+        "|---|---|---|---|---|",
+    ]
+    for budget in args.budgets:
+        sub = [r for r in rows if r["budget"] == budget]
+        shown = sub[:8] + [r for r in sub[8:] if r["config"] == "bon"]
+        md += [
+            f"| {r['budget']} | {r['config']} | {r['trajectories']} | {r['accuracy']:.3f} | {r['vs_bon']:+.3f} |"
+            for r in shown
+        ]
+    # The choice: the best mean accuracy over the budgets every config could be replayed at.
+    scores: dict[str, list[float]] = {}
+    for r in rows:
+        scores.setdefault(r["config"], []).append(r["accuracy"])
+    full = {k: float(np.mean(v)) for k, v in scores.items() if len(v) == len(args.budgets)}
+    choice = max(full, key=lambda k: full[k])
+    md += [
+        "",
+        f"Chosen (best mean accuracy over budgets {list(args.budgets)}): **{choice}** ({full[choice]:.3f}; "
+        f"bon {full.get('bon', math.nan):.3f}).",
+    ]
+    save("counting_adaptive_tune", {"rows": rows, "choice": choice, "mean_accuracy": full}, "\n".join(md))
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+
+
+def paired(a: dict[str, list[float]], b: dict[str, list[float]]) -> tuple[float, float]:
+    """Mean and standard error over prompts of (a - b), each prompt's values averaged over its seeds first."""
+    diffs = np.array([np.mean(a[p]) - np.mean(b[p]) for p in a])
+    return float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(len(diffs)))
+
+
+def per_prompt_mean(values: dict[str, list[float]]) -> tuple[float, float]:
+    means = np.array([np.mean(v) for v in values.values()])
+    return float(means.mean()), float(means.std(ddof=1) / math.sqrt(len(means)))
+
+
+def replayed(traces: list[dict], method: str, budget: int, cps: tuple[float, ...], keep: float) -> dict | None:
+    """{metric: {prompt: [value per seed]}} for bon or sh at this budget; None if the traces are too short."""
+    m = trajectories_for(method, budget, cps, keep)
+    if m < 1 or m > len(traces[0]["rewards"][0]):
+        return None
+    out: dict[str, dict[str, list[float]]] = {}
+    for t in traces:
+        res = replay(t, list(range(m)), cps if method == "sh" else (), keep if method == "sh" else 1.0)
+        for key, value in res.items():
+            out.setdefault(key, {}).setdefault(t["id"], []).append(float(value))
+    return out
+
+
+def check_replay(traces: list[dict], cps: tuple[float, ...], keep: float, pairs: int, budgets=(100, 300)) -> list[dict]:
+    """Run the real methods on the first `pairs` (prompt, seed) pairs and compare with the replay."""
+    from benchmarks.common import run_counting
+    from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
+    from flowscale_ray.models import build_model
+    from flowscale_ray.prompts import Prompt
+    from flowscale_ray.rewards import build_reward
+
+    model, reward, held = build_model("shapes"), build_reward("counting"), build_reward("counting_heldout")
+    spec = SamplerSpec(**SAMPLER_PRESETS["linear-ode"])
+    sample = traces[:pairs]
+    checks = []
+    for budget in budgets:
+        for method in ("bon", "sh"):
+            settings = (
+                {"n": budget // STEPS} if method == "bon" else {"checkpoints": cps, "keep": keep, "nfe_budget": budget}
+            )
+            tasks = [(Prompt(t["id"], t["prompt"]), t["seed"]) for t in sample]
+            results, _ = run_counting(model, spec, reward, held, method, settings, tasks)
+            real = {(r.prompt.id, r.seed): r for r in results}
+            for t in sample:
+                r = real[(t["id"], t["seed"])]
+                rep = replay(
+                    t,
+                    list(range(trajectories_for(method, budget, cps, keep))),
+                    cps if method == "sh" else (),
+                    keep if method == "sh" else 1.0,
+                )
+                checks.append({
+                    "method": method, "budget": budget, "id": t["id"], "seed": t["seed"],
+                    "real": [r.reward, r.held_out, r.nfe, r.verifier_calls],
+                    "replay": [rep["reward"], rep["held_out"], rep["nfe"], rep["verifier_calls"]],
+                })  # fmt: skip
+    return checks
+
+
+def eval_(args) -> None:
+    tune_doc = json.loads((RESULTS / "counting_adaptive_tune.json").read_text())
+    chosen = next(r for r in tune_doc["rows"] if r["config"] == tune_doc["choice"])
+    cps, keep = tuple(chosen["checkpoints"]), chosen["keep"]
+    traces = [t for t in read(CACHE / "counting_ode_eval.jsonl") if t["seed"] in args.seeds]
+    prompts = sorted({t["id"] for t in traces})
+    complete = [p for p in prompts if sum(t["id"] == p for t in traces) == len(args.seeds)]
+    traces = [t for t in traces if t["id"] in complete]
+    print(f"{len(complete)} prompts x {len(args.seeds)} seeds recorded; sh {list(cps)} keep {keep}")
+    checks = check_replay(traces, cps, keep, args.check) if args.check else []
+    mismatches = [c for c in checks if not np.allclose(c["real"], c["replay"], rtol=0, atol=1e-4)]
+    results: dict[str, dict[int, dict]] = {"bon": {}, "sh": {}}
+    for budget in BUDGETS:
+        for method in results:
+            res = replayed(traces, method, budget, cps, keep)
+            if res is not None:
+                results[method][budget] = res
+    sde = _load_sde(complete, args.seeds)
+    for method, by_budget in sde.items():
+        results[method] = by_budget
+    rows = []
+    for method, by_budget in results.items():
+        for budget, res in sorted(by_budget.items()):
+            row: dict[str, Any] = {"method": method, "budget": budget}
+            for key in ("accuracy", "reward", "held_out", "nfe", "verifier_calls"):
+                row[key], row[f"{key}_se"] = per_prompt_mean(res[key])
+            units = {
+                p: [n + c for n, c in zip(res["nfe"][p], res["verifier_calls"][p], strict=True)] for p in res["nfe"]
+            }
+            row["units_c_v_1"] = per_prompt_mean(units)[0]
+            bon = results["bon"].get(budget)
+            if bon is not None and method != "bon":
+                row["vs_bon"], row["vs_bon_se"] = paired(res["accuracy"], bon["accuracy"])
+            rows.append(row)
+    bon1000 = results["bon"].get(1000)
+    targets = {}
+    if bon1000 is not None:
+        for method in results:
+            if method == "bon":
+                continue
+            for budget in (300,):
+                if budget in results[method]:
+                    d, se = paired(results[method][budget]["accuracy"], bon1000["accuracy"])
+                    targets[f"{method}@{budget} - bon@1000"] = (d, se)
+    md = [
+        f"Built-in counting task, {len(complete)} evaluation prompts x seeds {list(args.seeds)}; per-prompt values "
+        "averaged over the seeds, then mean ± s.e. over prompts; 'vs bon' is the paired accuracy difference at the "
+        f"same budget. bon and sh: linear ODE, replayed from {len(traces[0]['rewards'][0])} recorded trajectories per "
+        f"(prompt, seed) (checked against real runs: {len(checks) - len(mismatches)} of {len(checks)} identical). "
+        f"sh: checkpoints {list(cps)}, keep {keep} (chosen on tuning prompts). Compute units with c_d = 1, c_v = 1.",
+        "",
+        "| method | budget | NFE | verifier calls | units (c_v = 1) | accuracy | vs bon | reward (-RSS) | held-out |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        vs = f"{r['vs_bon']:+.3f} ± {r['vs_bon_se']:.3f}" if "vs_bon" in r else "—"
+        md.append(
+            f"| {r['method']} | {r['budget']} | {r['nfe']:.0f} | {r['verifier_calls']:.0f} | {r['units_c_v_1']:.0f} | "
+            f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | {vs} | {r['reward']:.3f} | {r['held_out']:.3f} |"
+        )
+    if targets:
+        md += ["", "Against Best-of-N at 1000 NFE (paired accuracy difference):", ""]
+        md += [f"- {k}: {d:+.3f} ± {se:.3f}" for k, (d, se) in targets.items()]
+    save(
+        "counting_adaptive_eval",
+        {"settings": {"checkpoints": list(cps), "keep": keep}, "rows": rows, "targets": targets, "checks": checks},
+        "\n".join(md),
+    )
+    _plot(rows)
+    if mismatches:
+        print(f"WARNING: {len(mismatches)} replay mismatches: {mismatches[:3]}")
+
+
+def _plot(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        sub = [r for r in rows if r["method"] == method]
+        for ax, key in zip(axes, ("nfe", "units_c_v_1"), strict=True):
+            ax.errorbar(
+                [r[key] for r in sub],
+                [r["accuracy"] for r in sub],
+                [r["accuracy_se"] for r in sub],
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=method,
+            )
+    for ax, label in zip(axes, ("NFE per prompt", "compute units per prompt (c_d = 1, c_v = 1)"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("exact-count accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "counting_adaptive.png", dpi=80)
+
+
+# -- SDE methods (real runs) ---------------------------------------------------------------------------------
+
+SDE_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rbf": ("rbf", {"n_chains": 8}),  # the tuned setting (benchmarks.rbf_sweep)
+    "abf": ("abf", {"n_chains": 8, "chain_nfe": 0}),  # chains as RBF's (adaptive_study tune_counting)
+    "vt": ("vt", {"n_chains": 8, "chain_nfe": 0}),
+    "svdd": ("svdd", {}),
+    "smc": ("smc", {}),
+}
+
+
+def sde(args) -> None:
+    """Real runs of the SDE methods with RBF's tuned VP-SDE sampler; one JSON per (method, budget, seed)."""
+    from benchmarks.common import run_counting
+    from flowscale_ray.builtin import shapes
+    from flowscale_ray.core.dynamics import SamplerSpec
+    from flowscale_ray.models import build_model
+    from flowscale_ray.prompts import Prompt
+    from flowscale_ray.rewards import build_reward
+    from flowscale_ray.search import METHODS
+    from flowscale_ray.search.protocol import SearchContext
+
+    model, reward, held = build_model("shapes"), build_reward("counting"), build_reward("counting_heldout")
+    spec = SamplerSpec(interpolant="vp", sde=True, diffusion_norm=8, grid="uniform")
+    ctx = SearchContext(grid=spec.grid_times())
+    texts = list(shapes.evaluation_prompts())[: args.prompts]
+    CACHE.mkdir(exist_ok=True)
+    for name in args.methods:
+        base_name, settings = SDE_METHODS[name]
+        for budget in args.budgets:
+            for seed in args.seeds:
+                path = CACHE / f"counting_sde_{name}_{budget}_{seed}.json"
+                if path.exists():
+                    continue
+                method = METHODS[base_name](METHODS[base_name].Config(**settings)).with_budget(budget, ctx)
+                plain = {k: v for k, v in method.settings().items() if k != "name"}
+                tasks = [(Prompt(f"eval-{i:03d}", t), seed) for i, t in enumerate(texts)]
+                started = time.perf_counter()
+                results, acc = run_counting(model, spec, reward, held, base_name, plain, tasks)
+                doc = {
+                    r.prompt.id: {
+                        "accuracy": float(a), "reward": r.reward, "held_out": r.held_out,
+                        "nfe": r.nfe, "verifier_calls": r.verifier_calls,
+                    }
+                    for r, a in zip(results, acc.tolist(), strict=True)
+                }  # fmt: skip
+                path.write_text(json.dumps({"settings": method.settings(), "prompts": doc}))
+                print(
+                    f"{name} {budget} seed {seed}: acc {float(acc.float().mean()):.3f} "
+                    f"({time.perf_counter() - started:.0f}s)",
+                    flush=True,
+                )
+
+
+def _load_sde(prompts: list[str], seeds) -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for name in SDE_METHODS:
+        for budget in BUDGETS:
+            docs = [CACHE / f"counting_sde_{name}_{budget}_{s}.json" for s in seeds]
+            if not all(p.exists() for p in docs):
+                continue
+            res: dict[str, dict[str, list[float]]] = {}
+            for p in docs:
+                d = json.loads(p.read_text())["prompts"]
+                for pid in prompts:
+                    for key, value in d[pid].items():
+                        res.setdefault(key, {}).setdefault(pid, []).append(float(value))
+            out.setdefault(name, {})[budget] = res
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("trace")
+    tr.add_argument("kind", choices=["tune", "eval"])
+    tr.add_argument("--trajectories", type=int, default=None, help="default: 128 (tune), 200 (eval)")
+    tr.add_argument("--prompts", type=int, default=None, help="default: 32 (tune), 50 (eval)")
+    tr.add_argument("--seeds", type=int, nargs="+", default=None)
+    tu = sub.add_parser("tune")
+    tu.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 300, 500])
+    ev = sub.add_parser("eval")
+    ev.add_argument("--seeds", type=int, nargs="+", default=list(EVAL_SEEDS))
+    ev.add_argument("--check", type=int, default=6, help="(prompt, seed) pairs replayed through the real methods")
+    sd = sub.add_parser("sde")
+    sd.add_argument("--methods", nargs="+", default=list(SDE_METHODS), choices=list(SDE_METHODS))
+    sd.add_argument("--budgets", type=int, nargs="+", default=[100, 300])
+    sd.add_argument("--seeds", type=int, nargs="+", default=list(EVAL_SEEDS))
+    sd.add_argument("--prompts", type=int, default=50)
+    args = ap.parse_args()
+    if args.cmd == "trace":
+        tune_ = args.kind == "tune"
+        record(
+            args.kind,
+            args.trajectories or (128 if tune_ else 200),
+            args.prompts or (32 if tune_ else 50),
+            tuple(args.seeds or ((TUNE_SEED,) if tune_ else EVAL_SEEDS)),
+        )
+    elif args.cmd == "tune":
+        tune(args)
+    elif args.cmd == "eval":
+        eval_(args)
+    else:
+        sde(args)
+
+
+if __name__ == "__main__":
+    main()
