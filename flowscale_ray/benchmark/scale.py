@@ -45,6 +45,24 @@ def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float
     return {k: after[k] - before[k] for k in after}
 
 
+def _window(hosts: list[Any], t0: float, t1: float, n: int, delay_s: float, micro_batch: int) -> dict[str, float]:
+    """Efficiency and busy over the wall-clock window [t0, t1] from the hosts' timelines (calls cut at its edges,
+    their rows pro-rated)."""
+    gpu = rows = 0.0
+    for calls in ray.get([h.timeline.remote() for h in hosts]):
+        for _vid, start, end, r in calls:
+            overlap = min(end, t1) - max(start, t0)
+            if overlap > 0:
+                gpu += overlap
+                rows += r * overlap / (end - start)
+    span = max(1e-9, t1 - t0)
+    return {
+        "window_s": t1 - t0,
+        "parallel_efficiency": rows / micro_batch * delay_s / (n * span),
+        "busy_fraction": gpu / (n * span),
+    }
+
+
 def _figures(n: int, delay_s: float, micro_batch: int, wall: float, d: dict[str, float]) -> dict[str, Any]:
     ideal = d["nfe"] / micro_batch * delay_s / n
     padded = d["gpu_seconds"] / delay_s * micro_batch
@@ -83,6 +101,15 @@ def driver_run(
         list(ex.run(setup.tasks(min(n, 16))))  # warm-up: first calls on every host
         prompts = per_replica * n * waves
         tasks = setup.tasks(prompts, offset=n)
+        last_started: list[float] = []
+
+        def pulled():  # the tasks, noting when the last one is started: the end of the steady state
+            for i, task in enumerate(tasks):
+                if i == len(tasks) - 1:
+                    last_started.append(time.time())
+                yield task
+
+        ray.get([h.timeline.remote() for h in ex._actors])  # drop the warm-up's calls
         clock = Clock()
         ex.clock = clock  # type: ignore[attr-defined]
         ex.scheduler_class = TimedScheduler
@@ -90,9 +117,9 @@ def driver_run(
             RunRecorder("bench", "delay", "delay", prompts=prompts, planned_nfe=0, replicas=n, prometheus=True), clock
         )
         before, rounds0, calls0 = _stats(ex.replicas, timeout_s), ex.metrics["rounds"], ex.metrics["calls"]
-        cpu0, main0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
+        cpu0, main0, t0, w0 = time.process_time(), time.thread_time(), time.perf_counter(), time.time()
         clock.last = main0
-        nfe = sum(r.nfe for r in ex.run(tasks))
+        nfe = sum(r.nfe for r in ex.run(pulled()))
         wall = time.perf_counter() - t0
         cpu, main = time.process_time() - cpu0, time.thread_time() - main0
         after = _stats(ex.replicas, timeout_s)
@@ -111,6 +138,8 @@ def driver_run(
             "driver_cpu_fraction": cpu / wall,
             "driver_ms_per_round": 1000 * cpu / max(1, rounds),
         }
+        if waves > 1:  # until the last prompt starts, every replica has its share of searches in flight
+            row["steady"] = _window(ex._actors, w0, last_started[0], n, delay_s, micro_batch)
         per_round = {k: 1000 * v / max(1, rounds) for k, v in clock.seconds.items()}
         per_round["other (loop)"] = 1000 * (main - sum(clock.seconds.values())) / max(1, rounds)
         per_round["ray threads"] = 1000 * (cpu - main) / max(1, rounds)
@@ -124,7 +153,8 @@ def driver_run(
             loop = NaiveLoop(ex.replicas, micro_batch)
             calls = max(1, math.ceil(nfe / (n * micro_batch)))
             before = _stats(ex.replicas, timeout_s)
-            cpu0, t0 = time.process_time(), time.perf_counter()
+            ray.get([h.timeline.remote() for h in ex._actors])
+            cpu0, t0, w0 = time.process_time(), time.perf_counter(), time.time()
             rows = loop.run(calls)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             d = _delta(_stats(ex.replicas, timeout_s), before)
@@ -135,6 +165,8 @@ def driver_run(
                 "driver_cpu_fraction": cpu / wall,
                 "driver_ms_per_call": 1000 * cpu / max(1.0, d["calls"]),
             }
+            if waves > 1:  # the same window: until the last call is sent
+                row["naive"]["steady"] = _window(ex._actors, w0, loop.last_sent, n, delay_s, micro_batch)
     finally:
         ex.close()
     return row
@@ -162,38 +194,53 @@ def virtual_scaling(
     return rows
 
 
+def _steady(r: dict[str, Any], key: str) -> str:
+    return f"{r['steady'][key]:.3f}" if "steady" in r else "-"
+
+
 def format_row(r: dict[str, Any]) -> str:
+    nv = r.get("naive", {})
     text = (
-        f"{r['delay_ms']:5.0f} ms x {r['replicas']:>4}: driver eff {r['parallel_efficiency']:.3f} busy "
-        f"{r['busy_fraction']:.3f} fill {r['fill']:.3f} late {r['late_fraction']:.3f}, "
-        f"{r['rounds_per_s']:6.0f} rounds/s, {r['driver_ms_per_round']:.2f} ms/round "
+        f"{r['delay_ms']:5.0f} ms x {r['replicas']:>4}: driver eff {r['parallel_efficiency']:.3f} "
+        f"(steady {_steady(r, 'parallel_efficiency')}) busy {r['busy_fraction']:.3f} "
+        f"(steady {_steady(r, 'busy_fraction')}) fill {r['fill']:.3f} late {r['late_fraction']:.3f}, "
+        f"{r['rounds_per_s']:5.0f} rounds/s, {r['driver_ms_per_round']:.2f} ms/round "
         f"({r['driver_cpu_fraction']:.0%} of a core)"
     )
-    if "naive" in r:
-        nv = r["naive"]
-        text += f" | naive eff {nv['parallel_efficiency']:.3f} busy {nv['busy_fraction']:.3f}"
+    if nv:
+        text += f" | naive eff {nv['parallel_efficiency']:.3f} (steady {_steady(nv, 'parallel_efficiency')})"
     return text
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| delay per micro-batch | replicas | driver efficiency | driver busy | fill | naive efficiency | naive busy "
-        "| rounds/s | driver ms/round | driver CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| delay per micro-batch | replicas | driver efficiency, steady (whole run) | driver busy, steady (whole run) "
+        "| naive efficiency, steady (whole run) | fill | rounds/s | driver ms/round | driver CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        nv = r.get("naive", {})
-        ne = f"{nv['parallel_efficiency']:.3f}" if nv else "-"
-        nb = f"{nv['busy_fraction']:.3f}" if nv else "-"
+        nv = r.get("naive")
+        naive = f"{_steady(nv, 'parallel_efficiency')} ({nv['parallel_efficiency']:.3f})" if nv else "-"
         lines.append(
-            f"| {r['delay_ms']:.0f} ms | {r['replicas']} | {r['parallel_efficiency']:.3f} | {r['busy_fraction']:.3f} "
-            f"| {r['fill']:.3f} | {ne} | {nb} | {r['rounds_per_s']:.0f} | {r['driver_ms_per_round']:.2f} "
+            f"| {r['delay_ms']:.0f} ms | {r['replicas']} | {_steady(r, 'parallel_efficiency')} "
+            f"({r['parallel_efficiency']:.3f}) | {_steady(r, 'busy_fraction')} ({r['busy_fraction']:.3f}) | {naive} "
+            f"| {r['fill']:.3f} | {r['rounds_per_s']:.0f} | {r['driver_ms_per_round']:.2f} "
             f"| {r['driver_cpu_fraction']:.0%} |"
         )
     cats = [*CATEGORIES, "other (loop)", "ray threads"]
-    lines += ["", "Driver CPU per round (ms), by category:", "", "| delay | replicas | " + " | ".join(cats) + " |"]
-    lines.append("|---|---|" + "---|" * len(cats))
+    lines += [
+        "",
+        "Driver CPU per round (ms) by category, and split into a part per call and a part per search step:",
+        "",
+        "| delay | replicas | " + " | ".join(cats) + " | search steps/round | per call | per step |",
+        "|---|---|" + "---|" * (len(cats) + 3),
+    ]
     for r in rows:
         b = r["driver_ms_per_round_by_category"]
-        lines.append(f"| {r['delay_ms']:.0f} ms | {r['replicas']} | " + " | ".join(f"{b[c]:.3f}" for c in cats) + " |")
+        lines.append(
+            f"| {r['delay_ms']:.0f} ms | {r['replicas']} | "
+            + " | ".join(f"{b[c]:.3f}" for c in cats)
+            + f" | {r['search_steps_per_round']:.1f} | {r['driver_ms_per_call']:.3f} "
+            f"| {r['driver_ms_per_search_step']:.3f} |"
+        )
     return "\n".join(lines)

@@ -168,6 +168,7 @@ class NaiveLoop:
         self.key = ("naive", 0)
         batch = Batch(inits=tuple(Init(pid, NoiseKey(0, 0, pid, 0)) for pid in range(micro_batch)))
         self.packed = batch.pack()
+        self.last_sent = 0.0  # wall clock of the last call sent
 
     def run(self, calls_per_replica: int) -> int:
         """Make `calls_per_replica` calls on every replica; returns the rows computed."""
@@ -180,6 +181,7 @@ class NaiveLoop:
 
         def submit(r: int, first: bool) -> None:
             left[r] -= 1
+            self.last_sent = time.time()
             results, _previews = (
                 self.handles[r].run.options(num_returns=2).remote([(self.key, self.packed)], opens if first else [])
             )

@@ -100,6 +100,7 @@ class Scheduler:
         self.calls: dict[Any, Call] = {}  # result reference -> the call in flight
         self.closes: dict[int, list[int]] = {}  # replica -> finished search keys to close there
         self.previews: dict[Any, Any] = {}  # step call result reference -> its previews reference
+        self.finalizing = 0  # running searches whose method returned (their finalize is in flight)
 
     @property
     def done(self) -> bool:
@@ -107,8 +108,9 @@ class Scheduler:
 
     # -- a round ---------------------------------------------------------------------------------------------
     def start_searches(self) -> None:
-        """Start searches until `in_flight` are running or no task is left."""
-        while not self.exhausted and len(self.running) < self.ex.options.in_flight:
+        """Start searches until `in_flight` are searching or no task is left (a search being finalized no longer
+        counts: its replica gets the next prompt's work at once instead of waiting for the finalize)."""
+        while not self.exhausted and len(self.running) - self.finalizing < self.ex.options.in_flight:
             task = next(self.pending, None)
             if task is None:
                 self.exhausted = True
@@ -358,6 +360,7 @@ class Scheduler:
     def finished(self, key: int, value: dict[str, Any]) -> TaskResult:
         """Search `key` is finalized (and scored): its result; it is closed on every replica that opened it."""
         t = self.running.pop(key)
+        self.finalizing -= 1
         for r in t.opened_on:
             self.closes.setdefault(r, []).append(t.key)
         assert t.outcome is not None
@@ -461,6 +464,7 @@ class Scheduler:
         except StopIteration as stop:
             t.batch = None
             t.outcome = stop.value
+            self.finalizing += 1
             self.finalize(t)
             return
         if t.batch is not None:
@@ -509,6 +513,7 @@ class Scheduler:
             with contextlib.suppress(Exception):  # a dead replica has nothing to close
                 self.ex.replicas[r].close.remote(keys)
         self.exhausted = True
+        self.finalizing = 0
         self.running.clear()
         self.ready.clear()
         self.calls.clear()
