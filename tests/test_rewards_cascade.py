@@ -188,3 +188,42 @@ def test_cascade_options_are_checked_by_name():
         build_reward("cascade", {"cheap": cheap, "expensive": "counting_heldout", "threshold": 0})
     ok = build_reward("cascade", {"cheap": cheap, "expensive": expensive, "top_fraction": 0.25, "floor": 0})
     assert isinstance(ok, Cascade) and ok.cheap.name == "counting" and ok.expensive.name == "counting_heldout"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reward_actors", [0, 1])
+def test_a_threshold_cascade_gives_the_same_rows_on_ray(tmp_path, local_ray, reward_actors):
+    """A threshold depends on each row alone: Ray (2 replicas; rewards on the replicas or on a reward actor) writes
+    the same rows as the in-process executor."""
+    import json
+
+    import pyarrow.dataset as ds
+
+    from flowscale_ray.config import load_job
+    from flowscale_ray.run import run_job
+    from tests.test_io_run import job_doc
+
+    reward = {
+        "name": "cascade",
+        "options": {
+            "cheap": {"name": "tests.test_io_run:green"},
+            "expensive": {"name": "tests.test_io_run:red"},
+            "threshold": 0.5,
+            "floor": -1.0,  # red is a mean of values in (0, 1)
+        },
+    }
+    rows = {}
+    for kind in ("inprocess", "ray"):
+        executor = {"in_flight": 3}
+        if kind == "ray":
+            executor.update(kind="ray", replicas=2, num_cpus=0.5, reward_actors=reward_actors)
+        doc = job_doc(tmp_path / kind, reward=reward, method={"name": "bon", "n": 6}, executor=executor)
+        run_job(load_job(json.loads(json.dumps(doc))), base_dir=tmp_path)
+        table = ds.dataset(str(tmp_path / kind / "toy" / "data"), format="parquet").to_table().to_pylist()
+        rows[kind] = sorted(table, key=lambda r: r["prompt_id"])
+    same = ("prompt_id", "status", "reward", "search_reward", "held_out", "nfe", "verifier_calls", "lineage", "image")
+    for a, b in zip(rows["ray"], rows["inprocess"], strict=True):
+        assert {k: a[k] for k in same} == {k: b[k] for k in same}
+    rewards = [r["reward"] for r in rows["ray"]]
+    assert all(r["verifier_calls"] == 6 + 1 for r in rows["ray"])
+    assert any(v > -1 for v in rewards)  # passed: the expensive (red) score
