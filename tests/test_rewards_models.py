@@ -166,9 +166,10 @@ def test_missing_model_folder_is_one_line_naming_the_path(name, tmp_path):
         build_reward(name, {"path": str(empty), "dtype": "float64", "device": "cpu"})
 
 
-def test_a_model_reward_as_held_out_evaluator(clip_folder):  # noqa: F811
+@pytest.mark.parametrize("name", ["clip_score", "pickscore", "hps"])
+def test_a_model_reward_as_held_out_evaluator(clip_folder, name):  # noqa: F811
     model = build_model("shapes")
-    held = build_reward("clip_score", {"path": str(clip_folder), "device": "cpu"})
+    held = build_reward(name, {"path": str(clip_folder), "device": "cpu"})
     spec = SamplerSpec(interpolant="linear", sde=False, steps=3)
     ex = InProcessExecutor(ParticleEngine(model, spec), build_reward("jpeg_compressibility"), held_out=held)
     method = METHODS["bon"](METHODS["bon"].Config(n=2))
