@@ -213,6 +213,7 @@ class ExecutorConfig(_Mapping):
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_BUCKETED = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "r2")  # URLs that name a bucket
 _READ_ONLY = "is read-only (fsspec cannot write there)"
 _NOT_PERSISTENT = {  # fsspec protocols an output must not use, and why
     "memory": "keeps files in this process's memory only: the whole run would be lost when it exits",
@@ -243,7 +244,10 @@ class OutputConfig(_Mapping):
         if not value.strip():
             raise _Invalid("must name a directory or URI")
         for part in value.split("::"):  # a chained fsspec URL: every filesystem in the chain
-            protocol = part.split("://", 1)[0].lower() if "://" in part else ""
+            protocol, _, rest = part.partition("://") if "://" in part else ("", "", part)
+            protocol = protocol.lower()
+            if protocol in _BUCKETED and not rest.split("/", 1)[0]:
+                raise _Invalid(f"{protocol}:// names no bucket; give {protocol}://bucket/prefix")
             why = _NOT_PERSISTENT.get(protocol)
             if why is not None:
                 raise _Invalid(
@@ -279,7 +283,9 @@ class StorageConfig(_Mapping):
     secret: str | None = Field(default=None, repr=False, description="else AWS_SECRET_ACCESS_KEY")
     token: str | None = Field(default=None, repr=False, description="else AWS_SESSION_TOKEN")
     anon: bool = False
-    retries: int = Field(default=5, ge=1, description="attempts per whole-file operation, on top of s3fs's own retries")
+    retries: int = Field(
+        default=5, ge=1, le=100, description="attempts per whole-file operation, on top of s3fs's own retries"
+    )
     options: dict[str, Any] = Field(default_factory=dict, repr=False, description="extra s3fs / fsspec arguments")
 
     @field_validator("endpoint_url")
@@ -795,6 +801,9 @@ def load_yaml(text: str, source: str) -> Any:
         raise ConfigError("", f"{source}: invalid YAML{where}: {problem}") from None
     except RecursionError:
         raise ConfigError("", f"{source}: nested too deeply") from None
+    except (ValueError, OverflowError, TypeError) as exc:  # a scalar YAML reads but Python cannot build
+        why = str(exc).split(";")[0] if "digits" not in str(exc) else "a number of more than 4300 digits"
+        raise ConfigError("", f"{source}: invalid YAML: {why}") from None
     _check_expanded_size(data, source)
     return data
 

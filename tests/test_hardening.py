@@ -189,6 +189,15 @@ JOB_FILES = [
         with_lines("storage: {endpoint_url: 'AKIAUSERINFO:hunter2pass@minio:9000'}"),
         "storage.endpoint_url: expected a URL such as http://127.0.0.1:9000, got '<redacted>@minio:9000'",
     ),
+    ("storage-retries-huge", with_lines("storage: {retries: 1000000000}"), "storage.retries: must be <= 100"),
+    ("output-s3-no-bucket", with_lines("output: {dir: 's3:///out'}"), "output.dir: s3:// names no bucket"),
+    (
+        "s3-no-credentials",
+        with_lines("output: {dir: 's3://bucket/out'}", f"storage: {{endpoint_url: '{DOWN}'}}"),
+        "storage: no S3 credentials found: set storage.key and storage.secret, the AWS_ACCESS_KEY_ID",
+    ),
+    ("yaml-number-5000-digits", with_lines("seed: " + "9" * 5000), "invalid YAML: a number of more than 4300 digits"),
+    ("yaml-impossible-date", with_lines("name: 2026-13-45"), "invalid YAML: month must be in 1..12"),
     (
         "storage-a-string",
         with_lines("storage: s3cr3t-as-a-string"),
@@ -245,6 +254,18 @@ PROMPT_FILES = [
         "p.csv line 3: bad CSV (',' expected after '\"')",
     ),
     (
+        "csv-seed-5000-digits",
+        "p.csv",
+        "prompt,seed\na," + "9" * 5000 + "\n",
+        "p.csv row 1: seed must be < 2**63, got a number of 5000 digits",
+    ),
+    (
+        "jsonl-key-twice",
+        "p.jsonl",
+        '{"prompt": "a", "prompt": "b"}\n',
+        "p.jsonl line 1: key 'prompt' is given twice in one object",
+    ),
+    (
         "csv-short-row",
         "p.csv",
         "prompt,id\nhello,1\nbye\n",
@@ -284,7 +305,7 @@ S3_JOB = with_lines(
 )
 S3_PROMPTS_JOB = with_lines(
     "prompts: {file: 's3://bucket/prompts.jsonl'}",
-    f"storage: {{endpoint_url: '{DOWN.replace('//', f'//{KEY}:{SECRET}@')}'}}",
+    f"storage: {{endpoint_url: '{DOWN.replace('//', f'//{KEY}:{SECRET}@')}', key: {KEY}, secret: {SECRET}}}",
 )
 UNREACHABLE = f"the S3 endpoint {DOWN} could not be reached (connection refused)"
 
@@ -337,7 +358,7 @@ CASES: list[Case] = [
         ["inspect", RUN, "--no-sheet"],
         {},
         [f"AWS_ENDPOINT_URL: {UNREACHABLE}"],
-        env={"AWS_ENDPOINT_URL": DOWN},
+        env={"AWS_ENDPOINT_URL": DOWN, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET},
         timeout=30,
     ),
     # a model folder that cannot be loaded: the one line and nothing from the libraries before it
@@ -491,7 +512,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(corpus, case):
 def test_the_cases_are_what_they_say():
     """Each job document is valid YAML apart from what it tests (so the line is about that); each case is unique."""
     for name, text, _ in JOB_FILES:
-        if name.startswith(("duplicate", "alias-bomb")):
+        if name.startswith(("duplicate", "alias-bomb", "yaml-")):
             continue
         assert isinstance(yaml.safe_load(text), dict), name
     assert len({c.id for c in CASES}) == len(CASES)

@@ -157,7 +157,11 @@ def _jsonl_rows(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as exc:
+            raise ConfigError(
+                WHERE, f"{name} line {n}: key {exc.key!r} is given twice in one object (JSON would keep the last)"
+            ) from None
         except json.JSONDecodeError as exc:
             raise ConfigError(WHERE, f"{name} line {n}: invalid JSON ({exc.msg} at column {exc.colno})") from None
         except RecursionError:
@@ -169,6 +173,21 @@ def _jsonl_rows(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(obj, dict):
             raise ConfigError(WHERE, f"{name} line {n}: expected a JSON object, got {type(obj).__name__}")
         yield n, obj
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
 
 
 def _csv_rows(text: str, name: str, spec: PromptFileConfig) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -298,7 +317,10 @@ def _build(
             raise ConfigError(where, f"{at(n)}: duplicate prompt id {pid!r} (first at {first(seen[pid])})")
         seen[pid] = n
         seed = row.get(seed_key)
-        if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():
+        if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():  # a CSV cell
+            digits = seed.strip().lstrip("-")
+            if len(digits) > 20:  # past what int() converts quickly, and far past 2**63
+                raise ConfigError(where, f"{at(n)}: seed must be < 2**63, got a number of {len(digits)} digits")
             seed = int(seed)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ConfigError(where, f"{at(n)}: seed must be an integer >= 0, got {seed!r}")

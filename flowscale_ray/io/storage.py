@@ -11,8 +11,9 @@ secret unless it is on a short allowlist of harmless settings (config.HARMLESS_S
 scrubs those values (and the AWS credential variables, and URL user-info) out of any text bound for a log, an
 error, a row or the manifest, and `describe_storage` gives the settings with the secrets replaced.
 
-An S3 endpoint that is set (job file or environment) is checked with one short TCP connection before the first
-request (`check_reachable`), so an endpoint that is down is one line naming it, not minutes of retries.
+Before the first S3 request, a job with no credentials anywhere is refused (`check_credentials`), and the endpoint
+(the job's or the environment's, else AWS's own for the region) gets one short TCP connection (`check_reachable`),
+so an endpoint that is down is one line naming it, not minutes of retries and a botocore traceback.
 """
 
 from __future__ import annotations
@@ -77,9 +78,8 @@ def open_filesystem(uri: str, storage: StorageConfig | None = None, base_dir: Pa
     if protocol in ("s3", "s3a"):
         import s3fs
 
-        endpoint = s3_endpoint(storage)
-        if endpoint is not None:
-            check_reachable(*endpoint, Redactor.for_storage(storage))
+        check_credentials(storage)
+        check_reachable(*s3_endpoint(storage), Redactor.for_storage(storage))
         fs = s3fs.S3FileSystem(**s3_options(storage))
         return fs, fs._strip_protocol(uri)
     fs, path = fsspec.core.url_to_fs(uri, **dict(storage.options))
@@ -199,8 +199,8 @@ PROBE_TIMEOUT_S = 5.0
 _reached: set[tuple[str, int]] = set()  # endpoints this process has reached
 
 
-def s3_endpoint(storage: StorageConfig) -> tuple[str, str] | None:
-    """(the S3 endpoint URL a job uses, where it was set) when one is set; None for AWS's own endpoints."""
+def s3_endpoint(storage: StorageConfig) -> tuple[str, str]:
+    """(the S3 endpoint URL a job uses, where it was set); AWS's own endpoint for the region when none is set."""
     client_kwargs = storage.options.get("client_kwargs")
     candidates = [
         ("storage.endpoint_url", storage.endpoint_url),
@@ -215,7 +215,52 @@ def s3_endpoint(storage: StorageConfig) -> tuple[str, str] | None:
     for where, url in candidates:
         if isinstance(url, str) and url:
             return url, where
-    return None
+    region = (
+        storage.options.get("region_name")
+        or (client_kwargs.get("region_name") if isinstance(client_kwargs, dict) else None)
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+    )
+    if isinstance(region, str) and region:
+        host = f"s3.{region}.amazonaws.com" + (".cn" if region.startswith("cn-") else "")
+    else:
+        host = "s3.amazonaws.com"
+    return f"https://{host}", "storage.endpoint_url (not set: AWS's own)"
+
+
+_CREDENTIAL_OPTIONS = ("key", "secret", "token", "profile", "anon", "session")
+_found_credentials: set[str | None] = set()  # profiles whose credentials this process has found
+
+
+def check_credentials(storage: StorageConfig) -> None:
+    """Refuse (ConfigError, one line) an S3 job that has no credentials anywhere: not in the job file, not in the
+    AWS variables, profiles or the instance's role; botocore would raise NoCredentialsError at the first request
+    instead. Skipped for anonymous access and for credentials given to s3fs in `storage.options`."""
+    from flowscale_ray.config import ConfigError
+
+    if storage.anon or storage.key or storage.secret or storage.token:
+        return
+    if any(k in storage.options for k in _CREDENTIAL_OPTIONS):
+        return
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        return
+    profile = os.environ.get("AWS_PROFILE")
+    if profile in _found_credentials:
+        return
+    import botocore.exceptions
+    import botocore.session
+
+    try:
+        credentials = botocore.session.Session().get_credentials()
+    except botocore.exceptions.BotoCoreError as exc:  # a profile that does not exist, a broken config file
+        raise ConfigError("storage", f"cannot read the AWS credentials: {Redactor()(str(exc))}") from None
+    if credentials is None:
+        raise ConfigError(
+            "storage",
+            "no S3 credentials found: set storage.key and storage.secret, the AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY variables or an AWS profile, or storage.anon: true for a public bucket",
+        )
+    _found_credentials.add(profile)
 
 
 def check_reachable(url: str, where: str, redact: Callable[[str], str]) -> None:
