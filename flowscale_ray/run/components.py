@@ -20,9 +20,10 @@ from flowscale_ray.models import FlowModel, build_model
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import Reward, build_reward
 
-# The first prompt of the prompts this process loaded last, by their spec: build_components scores one probe
-# sample with it (a reward may read the prompt's metadata, so a made-up prompt would not do).
-_first_prompt: dict[str, Prompt] = {}
+# The first prompts of the prompts this process loaded last, by their spec: build_components scores one probe
+# sample with them (a reward may read the prompt's metadata, so a made-up prompt would not do).
+PROBES = 3
+_first_prompts: dict[str, list[Prompt]] = {}
 
 
 def _spec_key(spec: Any) -> str:
@@ -38,9 +39,8 @@ def load_prompts(
     from flowscale_ray.io.prompts import load_prompts as load
 
     prompts = load(spec, base_dir, storage)
-    _first_prompt.clear()
-    if prompts:
-        _first_prompt[_spec_key(spec)] = prompts[0]
+    _first_prompts.clear()
+    _first_prompts[_spec_key(spec)] = prompts[:PROBES]
     return prompts
 
 
@@ -109,11 +109,11 @@ def _is_flow_model(obj: Any) -> bool:
     return isinstance(obj, FlowModel) or all(callable(getattr(obj, m, None)) for m in ("encode", "velocity", "decode"))
 
 
-def build_components(job: JobConfig, probe: Prompt | None = None) -> tuple[FlowModel, Reward, Reward | None]:
+def build_components(job: JobConfig, probes: list[Prompt] | None = None) -> tuple[FlowModel, Reward, Reward | None]:
     """The job's model, reward and held-out reward (None without one), built in this process; each reward then
-    scores one probe sample of the model (the zero latent, decoded) for `probe` (default: the first of the job's
-    prompts when this process has loaded them), so that a reward that cannot score the model's samples is refused
-    before any prompt runs."""
+    scores one probe sample of the model (the zero latent, decoded) for the `probes` prompts (default: the first
+    PROBES of the job's prompts when this process has loaded them), so that a reward that cannot score the model's
+    samples is refused before any prompt runs."""
     model = build("model", build_model, job.model.name, dict(job.model.options))
     if not _is_flow_model(model):
         raise ConfigError(
@@ -125,18 +125,22 @@ def build_components(job: JobConfig, probe: Prompt | None = None) -> tuple[FlowM
     held = None
     if job.held_out is not None:
         held = build("held_out", build_reward, job.held_out.name, dict(job.held_out.options))
-    probe = probe or _first_prompt.get(_spec_key(job.prompts))
-    if probe is not None:
-        check_scoring(job, model, [("reward", job.reward, reward), ("held_out", job.held_out, held)], probe)
+    probes = probes if probes is not None else _first_prompts.get(_spec_key(job.prompts), [])
+    if probes:
+        check_scoring(job, model, [("reward", job.reward, reward), ("held_out", job.held_out, held)], probes)
     return model, reward, held
 
 
 def check_scoring(
-    job: JobConfig, model: FlowModel, rewards: list[tuple[str, ComponentConfig | None, Reward | None]], probe: Prompt
+    job: JobConfig,
+    model: FlowModel,
+    rewards: list[tuple[str, ComponentConfig | None, Reward | None]],
+    probes: list[Prompt],
 ) -> None:
-    """Score the model's zero latent, decoded, with each reward for `probe`: a reward that raises on it (a target
-    of the wrong dimension, a sample it cannot read) or gives other than one value is a ConfigError naming it.
-    A model whose decoder itself fails on the probe is left to the run (its errors are per prompt)."""
+    """Score the model's zero latent, decoded, with each reward for each of `probes` in turn: a reward that raises
+    for every one of them (a target of the wrong dimension, a sample it cannot read) or gives other than one value
+    is a ConfigError naming it. One that fails for some prompts only is left to the run, where those prompts get
+    their `failed` rows; so is a model whose decoder fails on the probe."""
     import torch
 
     try:
@@ -148,21 +152,27 @@ def check_scoring(
     for kind, spec, reward in rewards:
         if reward is None or spec is None:
             continue
-        try:
-            with torch.no_grad():
-                values = torch.as_tensor(reward(sample, [probe]))
-            count = values.numel()
-        except Exception as exc:
-            problem = first_line(exc, typed=False)
-        else:
-            if count == 1:
-                continue
-            problem = f"it gave {count} values for 1 sample"
+        problems = [_score_once(reward, sample, probe) for probe in probes]
+        if None in problems:
+            continue
+        problem = problems[0]
         raise ConfigError(
             f"{kind}.options",
             f"{kind} {spec.name!r} cannot score the samples of model {job.model.name!r} (shape "
             f"{tuple(sample.shape[1:])}): {problem}; check its options against the model (e.g. a target's dimension)",
         )
+
+
+def _score_once(reward: Reward, sample: Any, probe: Prompt) -> str | None:
+    """Why `reward` cannot score `sample` for `probe`, or None when it gives one value."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            count = torch.as_tensor(reward(sample, [probe])).numel()
+    except Exception as exc:
+        return first_line(exc, typed=False)
+    return None if count == 1 else f"it gave {count} values for 1 sample"
 
 
 def resolve_sampler_shift(job: JobConfig) -> JobConfig:

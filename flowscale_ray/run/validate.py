@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from flowscale_ray.config import JobConfig
-from flowscale_ray.run.components import build_components, load_prompts, resolve_sampler_shift
+from flowscale_ray.run.components import PROBES, build_components, load_prompts, resolve_sampler_shift
 from flowscale_ray.run.output import RunOutput
 from flowscale_ray.search.protocol import SearchContext
 
@@ -16,7 +16,7 @@ def validate_job(job: JobConfig, base_dir: Path | None = None, source: str = "jo
     raises ConfigError."""
     job = resolve_sampler_shift(job)
     prompts = load_prompts(job.prompts, base_dir, job.storage)
-    build_components(job, probe=prompts[0])  # each reward scores one probe sample of the model
+    build_components(job, probes=prompts[:PROBES])  # each reward scores a probe sample of the model
     output = RunOutput.open(job, prompts)
     state = output.describe_state()  # raises on a conflicting run: that is bad input too
     lines = [
