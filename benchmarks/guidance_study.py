@@ -95,23 +95,26 @@ def paired(a: list[float], b: list[float], digits: int = 2) -> str:
 
 def tune(args: argparse.Namespace) -> None:
     model, given, held = build_model("shapes"), build_reward(*GIVEN), build_reward(*HELD)
+    name = "guidance_tune" if args.method == "base" else f"guidance_tune_{args.method}{args.budget}"
     prompts = tuning_prompts(args.prompts)
     tasks = [(Prompt(f"tune-{i:03d}", t), 0) for i, t in enumerate(prompts)]
-    base = run(model, given, held, "base", None, sampler(None), tasks)
+    budget = None if args.method == "base" else args.budget
+    base = run(model, given, held, args.method, budget, sampler(None), tasks)
     rows = [base]
+    what = "DPS alone (base sampling" if args.method == "base" else f"{args.method.upper()}+DPS at {budget} NFE ("
     md = [
-        f"Guidance scale tuned with DPS alone (base sampling + guidance on every step but the last) on "
+        f"Guidance scale tuned with {what} + guidance on every step but the last) on "
         f"{len(tasks)} tuning prompts (evaluation prompts excluded), seed 0. Given: density-map counter "
         "(log-probability of the exact counts); held out: pixel counter (-RSS, accuracy). Differences are paired "
-        "against unguided base sampling.",
+        f"against the same method without guidance ({args.method}, budget {budget}).",
         "",
         "| scale | given | Δ given | held-out -RSS | Δ held-out | accuracy | NFE (charged) | CPU s |",
         "|---|---|---|---|---|---|---|---|",
-        f"| 0 (base) | {fmt(base['given'])} | – | {fmt(base['held_out'])} | – | {fmt(base['accuracy'])} | "
+        f"| 0 (unguided) | {fmt(base['given'])} | – | {fmt(base['held_out'])} | – | {fmt(base['accuracy'])} | "
         f"{mean_se(base['nfe'])[0]:.0f} | {base['cpu_seconds']:.0f} |",
     ]
     for scale in args.scales:
-        row = run(model, given, held, "base", None, sampler(scale), tasks)
+        row = run(model, given, held, args.method, budget, sampler(scale), tasks)
         rows.append(row)
         md.append(
             f"| {scale:g} | {fmt(row['given'])} | {paired(row['given'], base['given'])} | {fmt(row['held_out'])} | "
@@ -119,19 +122,18 @@ def tune(args: argparse.Namespace) -> None:
             f"{row['cpu_seconds']:.0f} |"
         )
         print(md[-1], flush=True)
-        save("guidance_tune", {"args": vars(args), "prompts": prompts, "rows": rows}, "\n".join(md))
+        save(name, {"args": vars(args), "prompts": prompts, "rows": rows}, "\n".join(md))
     best = max(rows[1:], key=lambda r: mean_se(r["given"])[0])
     md += ["", f"Chosen (highest mean given reward): scale {best['scale']:g}."]
-    save(
-        "guidance_tune", {"args": vars(args), "prompts": prompts, "rows": rows, "chosen": best["scale"]}, "\n".join(md)
-    )
+    save(name, {"args": vars(args), "prompts": prompts, "rows": rows, "chosen": best["scale"]}, "\n".join(md))
 
 
 def evaluate(args: argparse.Namespace) -> None:
     model, given, held = build_model("shapes"), build_reward(*GIVEN), build_reward(*HELD)
     texts = list(shapes.evaluation_prompts())[:: args.stride][: args.prompts]
     tasks = [(Prompt(f"eval-{i:03d}", t), seed) for seed in range(args.seeds) for i, t in enumerate(texts)]
-    plain, guided = sampler(None), sampler(args.scale)
+    plain, dps = sampler(None), sampler(args.scale)
+    in_search = sampler(args.search_scale if args.search_scale is not None else args.scale)
     configs = [("base", None)] + [(m, b) for b in args.budgets for m in ("svdd", "rbf")]
     rows: list[dict[str, Any]] = []
     md_rows: list[str] = []
@@ -139,6 +141,7 @@ def evaluate(args: argparse.Namespace) -> None:
         # The largest budgets run on the first `prompts_large` prompts only (CPU time).
         large = (budget or 0) >= max(args.budgets)
         subset = [t for t in tasks if not large or int(t[0].id[5:]) < args.prompts_large]
+        guided = dps if name == "base" else in_search
         pair = [run(model, given, held, name, budget, spec, subset) for spec in (plain, guided)]
         rows += pair
         plain_label = {"base": "base", "svdd": "SVDD", "rbf": "RBF"}[name]
@@ -158,7 +161,8 @@ def evaluate(args: argparse.Namespace) -> None:
             f"Gradient guidance on the built-in model: {len(texts)} evaluation prompts (every {args.stride}th of the "
             f"fixed set; the {max(args.budgets)}-NFE rows on the first {args.prompts_large}) x {args.seeds} seed(s); "
             "VP-SDE (uniform grid, g = 8 s^2, 10 steps); guidance scale "
-            f"{args.scale:g} (tuned with DPS alone on tuning prompts, guidance_tune.md), every step but the last. "
+            f"{args.scale:g} for DPS (tuned with DPS alone on tuning prompts, guidance_tune.md) and "
+            f"{in_search.guidance.scale:g} inside SVDD and RBF, every step but the last. "  # type: ignore[union-attr]
             f"Given reward: density-map counter (log-probability of the exact counts); held out: pixel counter "
             f"(-RSS and exact-count accuracy). Searches: {CHAINS} chains. NFE = the method's velocity evaluations plus "
             f"{GUIDED_STEP_NFE} per reward gradient; Δ = paired difference against the same row without guidance "
@@ -169,7 +173,7 @@ def evaluate(args: argparse.Namespace) -> None:
             "|---|---|---|---|---|---|---|---|---|---|---|",
             *md_rows,
         ]
-        save("guidance_eval", {"args": vars(args), "prompts": texts, "rows": rows}, "\n".join(md))
+        save(args.name, {"args": vars(args), "prompts": texts, "rows": rows}, "\n".join(md))
 
 
 def main() -> None:
@@ -178,13 +182,17 @@ def main() -> None:
     t = sub.add_parser("tune", help="guidance scale with DPS alone on tuning prompts")
     t.add_argument("--prompts", type=int, default=24)
     t.add_argument("--scales", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0, 3.0])
+    t.add_argument("--method", choices=["base", "svdd", "rbf"], default="base", help="base: DPS alone")
+    t.add_argument("--budget", type=int, default=100, help="NFE budget of svdd/rbf")
     e = sub.add_parser("eval", help="the Table 2 rows on evaluation prompts")
-    e.add_argument("--scale", type=float, required=True, help="the scale chosen by `tune`")
+    e.add_argument("--scale", type=float, required=True, help="the scale chosen by `tune` (DPS alone)")
+    e.add_argument("--search-scale", type=float, default=None, help="scale of SVDD+DPS / RBF+DPS (default --scale)")
     e.add_argument("--prompts", type=int, default=24)
     e.add_argument("--prompts-large", type=int, default=10, help="prompts for the largest budget's rows")
     e.add_argument("--stride", type=int, default=4, help="take every stride-th evaluation prompt")
     e.add_argument("--seeds", type=int, default=1)
     e.add_argument("--budgets", type=int, nargs="+", default=[100, 500])
+    e.add_argument("--name", default="guidance_eval", help="results file name")
     args = ap.parse_args()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread spends the least CPU time per NFE
     tune(args) if args.command == "tune" else evaluate(args)
