@@ -370,6 +370,19 @@ CASES: list[Case] = [
         ["torchvision", "accelerate", "Loading"],
         timeout=120,
     ),
+    Case(
+        "clip-folder-corrupt",
+        ["validate", "job.yaml"],
+        {
+            "job.yaml": with_lines("reward: {name: clip_score, options: {path: clip}}"),
+            "clip/config.json": '{"model_type": "clip_text_model"}',  # transformers warns about the type first
+            "clip/model.safetensors": b"not safetensors",
+            "clip/preprocessor_config.json": "{}",
+        },
+        ["reward.path: cannot load a CLIP model from 'clip'"],
+        ["You are using a model of type"],
+        timeout=120,
+    ),
 ]
 
 

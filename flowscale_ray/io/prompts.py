@@ -84,12 +84,12 @@ def load_prompts(
 def read_prompt_file(
     spec: PromptFileConfig, base_dir: Path | None = None, storage: StorageConfig | None = None
 ) -> list[Prompt]:
-    name = spec.file
-    uri = resolve_local(spec.file, base_dir)
     redact = Redactor.for_storage(storage)
+    name = redact(spec.file)  # for messages: a URL's user-info is not shown
+    uri = resolve_local(spec.file, base_dir)
     if "://" not in uri and Path(uri).is_dir():
         raise ConfigError(WHERE, f"{name} is a directory, not a prompt file; name the file in it")
-    fmt, compression = _format_of(spec, uri)
+    fmt, compression = _format_of(spec, uri, name)
 
     def read() -> tuple[list[tuple[int, dict[str, Any]]], bytes]:
         fs, path = open_filesystem(uri, storage)
@@ -125,7 +125,7 @@ def read_prompt_file(
     return _build(rows, spec, name, "line" if fmt in ("text", "jsonl") else "row", WHERE)
 
 
-def _format_of(spec: PromptFileConfig, uri: str) -> tuple[str, str | None]:
+def _format_of(spec: PromptFileConfig, uri: str, name: str) -> tuple[str, str | None]:
     lower = uri.lower().rstrip("/")
     compression = None
     for ext, comp in _COMPRESSIONS.items():
@@ -139,7 +139,7 @@ def _format_of(spec: PromptFileConfig, uri: str) -> tuple[str, str | None]:
     allowed = ", ".join(sorted(_EXTENSIONS))
     raise ConfigError(
         "prompts.format",
-        f"cannot tell the format of {spec.file} from its extension ({allowed}); set it to text, jsonl, csv or parquet",
+        f"cannot tell the format of {name} from its extension ({allowed}); set it to text, jsonl, csv or parquet",
     )
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from flowscale_ray.errors import first_line
-from flowscale_ray.models.diffusers_common import DTYPES, is_local_path, resolve_device
+from flowscale_ray.models.diffusers_common import DTYPES, is_local_path, quiet_libraries, resolve_device
 
 
 def device_and_dtype(device: str, dtype: str | None) -> tuple[torch.device, torch.dtype]:
@@ -55,7 +55,8 @@ def check_folder(path: Any, what: str, extra_files: Sequence[str] = ()) -> str:
 def load(loader: Any, source: str, what: str, **kwargs: Any) -> Any:
     """`loader.from_pretrained(source, ...)` with errors as one line naming the source."""
     try:
-        return loader.from_pretrained(source, **kwargs)
+        with quiet_libraries(capture_stderr=True):  # no library warnings or load reports before our line
+            return loader.from_pretrained(source, **kwargs)
     except Exception as exc:
         raise ValueError(f"reward.path: cannot load {what} from {source!r}: {first_line(exc, typed=False)}") from None
 
