@@ -409,6 +409,27 @@ SECRETS_RUN = Case(
 )
 SECRET_VALUES = [KEY, SECRET, SSE_KEY, SESSION, str(NUMBER), "AES256"]
 
+# A finished run, then bad calls on the same output folder: each is refused and the run is left as it was.
+AFTER_A_RUN = [
+    ("held-out-wrong-dimension", "held_out: {name: negative_distance, options: {target: [1, 2, 3]}}"),
+    ("model-not-a-model", "model: {name: 'os:getcwd'}"),
+    ("csv-quote-never-closed", "prompts: {file: p.csv}"),
+    ("jsonl-nested", "prompts: {file: deep.jsonl}"),
+    ("steps-billion", "sampler: {preset: linear-sde, steps: 1000000000}"),
+]
+FINISHED_RUN = Case(
+    "finished-run-then-bad-calls",
+    ["run", "good.yaml"],
+    {
+        "good.yaml": GOOD,
+        "p.csv": 'prompt\nhello\n"never closed\nbye\n',
+        "deep.jsonl": '{"prompt": "a", "m": ' + "[" * DEEP + "]" * DEEP + "}\n",
+        **{f"{name}.yaml": with_lines(line) for name, line in AFTER_A_RUN},
+    },
+    [],
+    then=[[cmd, f"{name}.yaml"] for name, _ in AFTER_A_RUN for cmd in ("validate", "run")],
+)
+
 
 def _serve(spec_path: str) -> None:
     """The batch process: import the package once, then run each step of each case in a forked child of its own
@@ -467,9 +488,19 @@ def _child(main, folder: Path, argv: list[str], env: dict[str, str], timeout: fl
             break
         time.sleep(0.01)
     result = {"rc": rc, "stdout": out.read_text(errors="replace"), "stderr": err.read_text(errors="replace")}
+    result["written"] = written(folder / "out")
     out.unlink()
     err.unlink()
     return result
+
+
+def written(root: Path) -> dict[str, str]:
+    """Every file under `root` with the SHA-256 of its bytes."""
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
 
 
 def write_files(folder: Path, files: dict[str, str | bytes]) -> None:
@@ -487,7 +518,7 @@ def corpus(tmp_path_factory):
     """Every case of CASES run once: {id: (folder, {rc, stdout, stderr})}."""
     root = tmp_path_factory.mktemp("corpus")
     folders, spec = {}, []
-    for case in [*CASES, SECRETS_RUN]:
+    for case in [*CASES, SECRETS_RUN, FINISHED_RUN]:
         folder = root / case.id
         folder.mkdir()
         write_files(folder, case.files)
@@ -498,7 +529,7 @@ def corpus(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", AWS_EC2_METADATA_DISABLED="true")
     code = "import sys; from tests.test_hardening import _serve; _serve(sys.argv[1])"
-    budget = sum(c.timeout * (1 + len(c.then)) for c in [*CASES, SECRETS_RUN]) + 60
+    budget = sum(c.timeout * (1 + len(c.then)) for c in [*CASES, SECRETS_RUN, FINISHED_RUN]) + 60
     argv = [sys.executable, "-c", code, str(root / "spec.json")]
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=budget)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -552,3 +583,12 @@ def test_storage_secrets_are_redacted_by_value_everywhere(corpus):
         assert secret not in printed, secret
         for path, data in written.items():
             assert secret.encode() not in data, (secret, path)
+
+
+def test_a_finished_run_is_left_alone_by_bad_calls(corpus):
+    _, (first, *later) = corpus[FINISHED_RUN.id]
+    assert first["rc"] == 0 and first["written"], first["stderr"][-2000:]
+    for step, argv in zip(later, FINISHED_RUN.then, strict=True):
+        err = step["stderr"]
+        assert step["rc"] == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err[-2000:])
+        assert step["written"] == first["written"], argv  # every file of the run, byte for byte
