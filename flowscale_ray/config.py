@@ -720,7 +720,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """'a.b.c=value' -> (['a', 'b', 'c'], parsed YAML value)."""
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError("--set", f"expected key.path=value, got {text!r}")
+        shown = repr(text) if not text.lstrip().startswith("storage") else "a storage setting (not shown)"
+        raise ConfigError("--set", f"expected key.path=value, got {shown}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

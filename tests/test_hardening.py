@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -321,6 +322,20 @@ CASES: list[Case] = [
         {"job.yaml": NOT_UTF8},
         ["not UTF-8 text (byte 0xe9 at line 8, column 10)"],
     ),
+    Case(
+        "set-storage-without-equals",
+        ["validate", "job.yaml", "--set", "storage.secret:hunter2pass"],
+        {"job.yaml": GOOD},
+        ["--set: expected key.path=value, got a storage setting (not shown)"],
+        ["hunter2pass"],
+    ),
+    Case(
+        "set-storage-secret-a-number",
+        ["run", "job.yaml", "--set", "storage.token=918273645"],
+        {"job.yaml": GOOD},
+        ["storage.token: expected a string or null, got an integer (not shown"],
+        ["918273645"],
+    ),
     Case("job-a-directory", ["run", "jobs"], {"jobs/": ""}, ["jobs: is a directory, not a job file"]),
     Case(
         "output-a-file",
@@ -547,6 +562,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(corpus, case):
         assert words in err, err
     for words in case.absent:
         assert words not in err + result["stdout"], words
+    assert not re.search(r"\b[A-Z]\w*Config\b|__\w+__\(\)", err), err  # no internal class or function names
     if "out" in case.files:
         assert (folder / "out").read_bytes() == (case.files["out"].encode())  # left alone
     else:
