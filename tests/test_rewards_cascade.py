@@ -151,7 +151,9 @@ def test_a_real_search_ends_where_the_expensive_reward_alone_ends_when_its_best_
         ran[name] = {r.prompt.id: r for r in ex.run([SearchTask(p, method, seed=3) for p in prompts])}
     # One search call of 8 candidates per prompt, then one final call: cheap 8 + 1, expensive 4 + 1 per prompt.
     assert cascade.calls == {"cheap": 9 * len(prompts), "expensive": 5 * len(prompts)}
-    assert all(r.verifier_calls == 9 for r in ran["cascade"].values())
+    # The compute accounting charges the expensive stage: 4 passed candidates and the final score per prompt.
+    assert all(r.verifier_calls == 5 for r in ran["cascade"].values())
+    assert all(r.verifier_calls == 9 for r in ran["alone"].values())
     search_calls = [(x, v) for x, v in cheap.log if x.shape[0] == 8]
     same = 0
     for i, p in enumerate(prompts):
@@ -224,6 +226,22 @@ def test_a_threshold_cascade_gives_the_same_rows_on_ray(tmp_path, local_ray, rew
     same = ("prompt_id", "status", "reward", "search_reward", "held_out", "nfe", "verifier_calls", "lineage", "image")
     for a, b in zip(rows["ray"], rows["inprocess"], strict=True):
         assert {k: a[k] for k in same} == {k: b[k] for k in same}
-    rewards = [r["reward"] for r in rows["ray"]]
-    assert all(r["verifier_calls"] == 6 + 1 for r in rows["ray"])
-    assert any(v > -1 for v in rewards)  # passed: the expensive (red) score
+    # Charged: the expensive stage's calls only, the same count on Ray, some candidates not passed.
+    calls = [r["verifier_calls"] for r in rows["ray"]]
+    assert all(0 <= c <= 6 + 1 for c in calls) and sum(calls) < 7 * len(calls)
+    assert any(r["reward"] > -1 for r in rows["ray"])  # passed: the expensive (red) score
+
+
+def test_charging_counts_the_expensive_stage_from_the_scores_alone():
+    from flowscale_ray.rewards.base import charge_for, charged_calls
+
+    cascade = Cascade(Column(0), Column(1), threshold=0.5, floor=-10.0)
+    values = cascade(table([0.1, 0.9, 0.5, -3.0], [-9.5, 2.0, 7.0, 100.0]), [Prompt("p", "x")] * 4).tolist()
+    assert charged_calls(cascade, values) == cascade.verifier_calls(values) == cascade.calls["expensive"] == 2
+    # The Ray driver holds no reward: the same count from the name and options, without building the stages.
+    charge = charge_for("cascade", {"cheap": {"name": "x"}, "expensive": {"name": "y"}, "floor": -10.0})
+    assert charge(values) == 2
+    assert charge_for("cascade", {})([-1e6, -1e6 - 0.5, 3.0]) == 2  # the default floor
+    # Any other reward: one call per row.
+    assert charge_for("counting", {})(values) == 4 and charged_calls(Column(0), values) == 4
+    assert charge_for("tests.test_io_run:red", {})(values) == 4 and charge_for("no_such_reward", {})(values) == 4

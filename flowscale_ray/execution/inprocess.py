@@ -20,11 +20,10 @@ from flowscale_ray.execution.tasks import (
     build_result,
     decision_seed,
     selected_pids,
-    verifier_calls_of,
 )
 from flowscale_ray.observe.recorder import NULL_RECORDER, CallStats, Recorder
 from flowscale_ray.prompts import Prompt
-from flowscale_ray.rewards.base import Reward, as_reward_tensor
+from flowscale_ray.rewards.base import Reward, as_reward_tensor, charged_calls
 from flowscale_ray.search.protocol import (
     Batch,
     Evaluation,
@@ -141,12 +140,12 @@ class InProcessExecutor:
         requests: list[Init | Expand] = [*run.batch.inits, *run.batch.expands]
         for req in requests:
             run.lineage[req.pid] = req
-        run.verifier_calls += verifier_calls_of(requests)
         scored = [o for o in outputs if o.preview is not None]
         started = time.perf_counter()
         rewards = score(self.reward, [o.preview for o in scored], [run.task.prompt] * len(scored))  # type: ignore[misc]
         run.reward_seconds += time.perf_counter() - started
         self._reward_seconds += time.perf_counter() - started
+        run.verifier_calls += charged_calls(self.reward, rewards)  # one per scored row, unless a cascade
         by_pid = {o.pid: r for o, r in zip(scored, rewards, strict=True)}
         evals = {}
         for o in outputs:
@@ -182,4 +181,5 @@ class InProcessExecutor:
             run.verifier_calls,
             run.model_seconds,
             run.reward_seconds,
+            final_calls=charged_calls(self.reward, rewards),
         )

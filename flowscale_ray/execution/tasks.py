@@ -158,6 +158,7 @@ def build_result(
     verifier_calls: int = 0,
     model_seconds: float = 0.0,
     reward_seconds: float = 0.0,
+    final_calls: int | None = None,
 ) -> TaskResult:
     """A TaskResult for finalized particles `pids` (the best first); shared by every executor."""
     selected = tuple(
@@ -179,7 +180,8 @@ def build_result(
         nfe=nfe,
         seconds=time.perf_counter() - started,
         seed=task.effective_seed,
-        verifier_calls=verifier_calls + len(pids),  # the final samples are scored once each
+        # the final samples are scored once each; final_calls: what those scores cost (Reward.verifier_calls)
+        verifier_calls=verifier_calls + (len(pids) if final_calls is None else final_calls),
         model_seconds=model_seconds,
         reward_seconds=reward_seconds,
     )

@@ -29,6 +29,12 @@ class Reward:
     def __call__(self, samples: Tensor, prompts: Sequence[Prompt]) -> Tensor:
         raise NotImplementedError
 
+    def verifier_calls(self, values: Sequence[float]) -> int:
+        """The verifier calls that scores `values` (one call of this reward) cost, as the compute accounting counts
+        them: one per row. A reward that scores some rows with a costlier model than others says otherwise (a
+        cascade counts its expensive stage's calls), and then also provides `charge(options)` (see `charge_for`)."""
+        return len(values)
+
 
 class FunctionReward(Reward):
     def __init__(self, fn: Callable[[Tensor, Sequence[Prompt]], Tensor], name: str) -> None:
@@ -39,7 +45,16 @@ class FunctionReward(Reward):
         return self.fn(samples, prompts)
 
 
-__all__ = ["REWARDS", "FunctionReward", "Reward", "as_reward_tensor", "build_reward", "register_reward"]
+__all__ = [
+    "REWARDS",
+    "FunctionReward",
+    "Reward",
+    "as_reward_tensor",
+    "build_reward",
+    "charge_for",
+    "charged_calls",
+    "register_reward",
+]
 
 
 def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
@@ -76,6 +91,29 @@ def build_reward(name: str, options: dict[str, Any] | None = None) -> Reward:
     if callable(reward):
         return FunctionReward(reward, name=getattr(reward, "__name__", name))
     raise ValueError(f"reward.name: {name!r} did not produce a callable reward")
+
+
+def charged_calls(reward: Any, values: Sequence[float]) -> int:
+    """The verifier calls one call of `reward` cost, given the scores it returned (Reward.verifier_calls; one per row
+    for anything else)."""
+    count = getattr(reward, "verifier_calls", None)
+    return int(count(values)) if callable(count) else len(values)
+
+
+def charge_for(name: str, options: dict[str, Any] | None = None) -> Callable[[Sequence[float]], int]:
+    """What `charged_calls` gives for the reward `name` built with `options`, without building it (the Ray driver
+    holds no reward): a reward class with a static `charge(options)` returns its counting function; any other
+    reward costs one call per row. Importing the class loads no model."""
+    try:
+        obj: Any = REWARDS.get(name)
+        if obj is None and ":" in name:
+            from flowscale_ray.utils import import_object
+
+            obj = import_object(name)
+    except Exception:  # the reward itself reports this, with its field, where it is built
+        obj = None
+    charge = getattr(obj, "charge", None) if isinstance(obj, type) else None
+    return charge(dict(options or {})) if callable(charge) else len
 
 
 def _is_plain_reward_fn(obj: Any) -> bool:

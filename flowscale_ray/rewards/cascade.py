@@ -26,16 +26,16 @@ chain at a time, so its batches are small (a threshold suits it better). On Ray 
 replicas, and each part is a call of its own: the fraction then applies per part. A threshold cascade is a function
 of each row alone and gives the same values everywhere.
 
-Charging. Every candidate goes through the cheap stage once, so the executors' `verifier_calls` (one per scored
-candidate and final score) counts the cheap stage's calls. The expensive stage's calls are counted by the cascade
-itself (`calls["expensive"]`, with `calls["cheap"]`, cumulative in the process that holds it), and the time both
-stages take is the reward time the compute accounting measures per prompt.
+Charging. A row's `verifier_calls` (and so the `c_v` term of its compute units) counts the expensive stage's calls:
+the passed candidates and final samples, which are exactly the scores >= floor. The cheap stage is charged by time
+only (the prompt's `reward_seconds` holds both stages). The cascade also counts both stages' rows itself
+(`calls["cheap"]`, `calls["expensive"]`, cumulative in the process that holds it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -106,6 +106,15 @@ class Cascade(Reward):
         self.cheap = stage(cheap, "cheap")
         self.expensive = stage(expensive, "expensive")
         self.calls = {"cheap": 0, "expensive": 0}  # rows each stage scored, cumulative
+
+    @staticmethod
+    def charge(options: dict[str, Any]) -> Callable[[Sequence[float]], int]:
+        """The expensive stage's calls behind a call's scores, from the options alone (passed rows score >= floor)."""
+        floor = _number("floor", options.get("floor", -1e6))
+        return lambda values: sum(1 for v in values if v >= floor)
+
+    def verifier_calls(self, values: Sequence[float]) -> int:
+        return sum(1 for v in values if v >= self.floor)
 
     def passed(self, cheap: Tensor, prompts: Sequence[Prompt | str]) -> Tensor:
         """Which rows go on to the expensive stage, [B] bool."""

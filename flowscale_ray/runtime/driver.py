@@ -27,6 +27,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution.tasks import SearchTask, TaskResult
 from flowscale_ray.observe.recorder import NULL_RECORDER, Recorder
+from flowscale_ray.rewards.base import charge_for
 from flowscale_ray.runtime.messages import ComponentSpec
 from flowscale_ray.runtime.options import RuntimeFailure, RuntimeOptions, failure_cause
 from flowscale_ray.runtime.replica import ReplicaWorker
@@ -83,6 +84,7 @@ class RayExecutor:
         self.model_id = self._model_id
         self.restarts = [0] * opts.replicas
         self.rewards = RewardPool(reward, held_out, opts)  # empty unless reward_actors > 0
+        self.charge = charge_for(reward.name, dict(reward.options))  # verifier calls of a reward call's scores
         self.slack = opts.slack if opts.slack is not None else float(opts.micro_batch or 8)
         self.metrics: dict[str, Any] = {"rounds": 0, "replayed_nfe": 0, "restarts": 0, "copies": 0, "calls": 0}
         self.recorder: Recorder = NULL_RECORDER  # metrics and progress hooks (flowscale_ray.observe)

@@ -47,7 +47,6 @@ from flowscale_ray.execution.tasks import (
     decision_seed,
     lineage_of,
     selected_pids,
-    verifier_calls_of,
 )
 from flowscale_ray.observe.recorder import CALL_STATS, CallStats
 from flowscale_ray.runtime.calls import Call, FinalizeCall, Queued, ScoreCall, ScoreFinalCall, StepCall
@@ -158,7 +157,6 @@ class Scheduler:
         batch = t.batch
         assert batch is not None
         requests: tuple[Init | Expand, ...] = (*batch.inits, *batch.expands)
-        t.verifier_calls += verifier_calls_of(requests)
         for req in requests:
             t.lineage[req.pid] = req
         plan = plan_batch(Batch(inits=batch.inits, expands=batch.expands), t.holders, loads, self.ex.slack)
@@ -380,6 +378,7 @@ class Scheduler:
             t.verifier_calls,
             t.model_seconds,
             t.reward_seconds,
+            final_calls=self.ex.charge(value["rewards"]),
         )
 
     def deadlines_passed(self) -> None:
@@ -454,6 +453,7 @@ class Scheduler:
             t.search_rewards[req.pid] = res.reward
             evals[req.pid] = Evaluation(pid=req.pid, reward=res.reward, s=res.s, nfe=res.nfe)
         self.ex.recorder.batch_evaluated(sum(e.nfe for e in evals.values()), [e.reward for e in evals.values()])
+        t.verifier_calls += self.ex.charge([evals[req.pid].reward for req in requests if req.score])
         for pid in batch.release:
             t.search_rewards.pop(pid, None)
             for r in t.holders.pop(pid, set()):
