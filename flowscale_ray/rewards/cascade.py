@@ -18,7 +18,7 @@ below `floor` is refused (it would break that ordering).
 What a row holds, and the final scores: the executor scores a prompt's final sample with the cascade too; alone in
 its call it always passes a top_fraction cascade (its reward is the expensive score); under a threshold it passes
 only when its cheap score clears the threshold (else its reward is below `floor`, which `output.min_reward` can
-filter).
+filter). With `output.top_k` > 1 the k final samples are one call, and the fraction applies to them.
 
 Batches. The top fraction is taken over the rows of each prompt in one reward call. In process, a call holds a
 prompt's whole batch of candidates (BoN's N, SVDD's chains x children, SMC's particles); RBF draws one candidate per
