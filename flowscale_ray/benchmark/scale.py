@@ -244,3 +244,52 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['driver_ms_per_search_step']:.3f} |"
         )
     return "\n".join(lines)
+
+
+# -- how many GPUs one driver feeds, from the measured CPU per call and per search step -----------------------------
+def capacity(rows: list[dict[str, Any]], min_replicas: int = 16) -> dict[str, Any]:
+    """The driver's measured costs (medians over the runs with at least `min_replicas` replicas): CPU per call,
+    per search step, search rows per step; and the rounds per second sustained at >= 0.95 steady efficiency."""
+    import statistics
+
+    big = [r for r in rows if r["replicas"] >= min_replicas] or rows
+    ok = [r["rounds_per_s"] for r in rows if r.get("steady", r)["parallel_efficiency"] >= 0.95]
+    return {
+        "ms_per_call": statistics.median(r["driver_ms_per_call"] for r in big),
+        "ms_per_search_step": statistics.median(r["driver_ms_per_search_step"] for r in big),
+        "rows_per_search_step": statistics.median(
+            r["nfe"] / max(1, r["rounds"] * r["search_steps_per_round"]) for r in big
+        ),
+        "ms_per_round": statistics.median(r["driver_ms_per_round"] for r in big),
+        "max_rounds_per_s_at_095": max(ok) if ok else None,
+    }
+
+
+def gpus_fed(cap: dict[str, Any], seconds_per_row: float, call_rows: int, core_share: float = 0.8) -> float:
+    """GPUs one driver keeps busy when each call carries `call_rows` rows (one micro-batch) taking
+    `seconds_per_row` each on the GPU, the driver spending at most `core_share` of one core: each GPU asks for a
+    call every call_rows x seconds_per_row seconds, each call costs the driver its per-call CPU plus its
+    search steps' (call_rows / rows per step)."""
+    cpu = (cap["ms_per_call"] + call_rows / cap["rows_per_search_step"] * cap["ms_per_search_step"]) / 1000
+    return core_share * call_rows * seconds_per_row / cpu
+
+
+MODELS = {"FLUX.1-dev 1024x1024": 0.14, "small model 512x512": 0.02}  # seconds per velocity row on one GPU
+
+
+def format_capacity(cap: dict[str, Any], micro_batches: tuple[int, ...] = (4, 8, 16, 32)) -> str:
+    lines = [
+        f"Driver costs (medians over runs with >= 16 replicas): {cap['ms_per_call']:.2f} ms per call + "
+        f"{cap['ms_per_search_step']:.3f} ms per search step ({cap['rows_per_search_step']:.1f} rows per step); "
+        f"{cap['ms_per_round']:.2f} ms per round as measured.",
+        "Rounds per second sustained at >= 0.95 steady efficiency on this machine: "
+        + (f"{cap['max_rounds_per_s_at_095']:.0f}" if cap["max_rounds_per_s_at_095"] else "none reached"),
+        "",
+        "GPUs one driver feeds (0.8 of one core; calls of micro_batch rows, two in progress per GPU):",
+        "",
+        "| micro_batch | " + " | ".join(MODELS) + " |",
+        "|---|" + "---|" * len(MODELS),
+    ]
+    for mb in micro_batches:
+        lines.append(f"| {mb} | " + " | ".join(f"{gpus_fed(cap, t, mb):.0f}" for t in MODELS.values()) + " |")
+    return "\n".join(lines)

@@ -186,6 +186,8 @@ class Scheduler:
         for r in range(len(self.ex.replicas)):
             while self.queues[r] and self.in_progress[r] < depth:
                 queue = self.queues[r]
+                items: list[Queued]
+                rest: list[Queued]
                 if mb is None or depth == 1:
                     items, rest = queue, []
                 else:
