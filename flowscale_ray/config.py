@@ -195,7 +195,7 @@ class ExecutorConfig(_Mapping):
 
     kind: Literal["inprocess", "ray"] = "inprocess"
     in_flight: int = Field(default=4, ge=1, description="searches in flight at once")
-    micro_batch: int | None = Field(default=None, ge=1, description="fixed model-call batch size; null: as it comes")
+    micro_batch: int | None = Field(default=None, ge=1, description="padded rows per model call; null: 8 (decode: 1)")
     address: str | None = Field(default=None, description="ray only: null (local), 'auto' or ray://HOST:PORT")
     replicas: int = Field(default=1, ge=1, description="ray only: model replicas")
     num_cpus: float = Field(default=1.0, ge=0, description="CPUs per replica")

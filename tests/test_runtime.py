@@ -16,6 +16,7 @@ from flowscale_ray.benchmark.delay import DelayReplica
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution import Executor, InProcessExecutor, ParticleEngine, SearchTask
 from flowscale_ray.execution.tasks import decision_seed
+from flowscale_ray.models.base import FlowModel
 from flowscale_ray.models.registry import build_model
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import build_reward
@@ -35,6 +36,113 @@ SMALL = {
     "svdd": {"n_chains": 2, "n_children": 5},
     "rbf": {"n_chains": 2, "nfe_budget": 80},
 }
+
+
+# -- a model whose numbers depend on the size of the call they are computed in ------------------------------------
+class ShapeSensitive(FlowModel):
+    """As GPU and CPU kernels may (another algorithm per batch shape), this model's rows differ when computed in
+    calls of another size: the velocity by up to 6e-4, the decoded image by up to 0.04. Pooling that depends on
+    the executor, the replicas or a fault then shows in every column unless each call has a fixed size."""
+
+    model_id = "shape-sensitive"
+    latent_shape = (3, 6, 6)
+
+    def encode(self, prompts):
+        return {"m": torch.tensor([[(len(p) % 5) / 5.0] for p in prompts])}
+
+    def velocity(self, x, t, cond):
+        return x - cond["m"].to(x.dtype).view(-1, 1, 1, 1) + 1e-4 * (x.shape[0] % 7)
+
+    def decode(self, x0):
+        return torch.sigmoid(2 * x0 + 0.02 * (x0.shape[0] % 3))
+
+
+def shape_sensitive() -> ShapeSensitive:
+    return ShapeSensitive()
+
+
+def red(samples, prompts):
+    return samples[:, 0].mean(dim=(1, 2))
+
+
+def green(samples, prompts):
+    return samples[:, 1].mean(dim=(1, 2))
+
+
+SENSITIVE = ComponentSpec("tests.test_runtime:shape_sensitive", {})
+RED, GREEN = ComponentSpec("tests.test_runtime:red", {}), ComponentSpec("tests.test_runtime:green", {})
+SDE = SamplerSpec(interpolant="vp", sde=True, steps=6)
+
+
+def sensitive_reference(tasks, top_k=2, in_flight=1):
+    engine = ParticleEngine(ShapeSensitive(), SDE)
+    ex = InProcessExecutor(engine, build_reward(RED.name), build_reward(GREEN.name), in_flight=in_flight, top_k=top_k)
+    return {r.prompt.id: r for r in ex.run(tasks)}
+
+
+def sensitive_ray(tasks, top_k=2, **opts):
+    return RayExecutor(SENSITIVE, SDE, RED, GREEN, options=RuntimeOptions(num_cpus=0.5, **opts), top_k=top_k)
+
+
+def assert_every_column_same(results, ref):
+    """Every selected sample of every prompt: the sample, its image, reward, held-out score and search reward,
+    its lineage; the prompt's NFE and verifier calls. Bit for bit."""
+    assert results.keys() == ref.keys()
+    for pid, r in results.items():
+        a = ref[pid]
+        assert r.nfe == a.nfe and r.verifier_calls == a.verifier_calls, pid
+        assert len(r.selected) == len(a.selected) == 2, pid
+        for s, t in zip(r.selected, a.selected, strict=True):
+            assert torch.equal(s.sample, t.sample) and torch.equal(s.image, t.image), pid
+            assert (s.reward, s.held_out, s.search_reward) == (t.reward, t.held_out, t.search_reward), pid
+            assert s.lineage == t.lineage and s.pid == t.pid, pid
+
+
+def sensitive_tasks(name, n=5):
+    cls = METHODS[name]
+    method = cls(cls.Config(**SMALL[name]))
+    return [SearchTask(Prompt(f"p{i}", "t" * i), method, seed=3) for i in range(n)]
+
+
+@pytest.mark.parametrize("name", ["bon", "smc", "rbf"])
+def test_every_column_is_the_same_whatever_the_pooling_with_the_default_micro_batch(local_ray, name):
+    """micro_batch null (the default): in process with 1 or 4 prompts in flight, and on 3 replicas with 4 in
+    flight (a prompt's particles spread over replicas), a shape-sensitive model gives the same samples, images,
+    rewards, held-out scores, NFE and lineages."""
+    tasks = sensitive_tasks(name)
+    ref = sensitive_reference(tasks)
+    assert_every_column_same(sensitive_reference(tasks, in_flight=4), ref)
+    ex = sensitive_ray(tasks, replicas=3, in_flight=4, slack=1)
+    try:
+        results = {r.prompt.id: r for r in ex.run(tasks)}
+    finally:
+        ex.close()
+    assert_every_column_same(results, ref)
+
+
+def test_every_column_is_the_same_after_a_replica_is_killed(local_ray):
+    """A replica killed mid-run is rebuilt from lineage (particles replayed one request at a time, so in calls of
+    other sizes than the first time): every column still equals the fault-free in-process run's."""
+    tasks = sensitive_tasks("rbf", n=6)
+    ref = sensitive_reference(tasks)
+    ex = sensitive_ray(tasks, replicas=2, in_flight=6)
+    victim = ray.get(ex.replicas[1].pid.remote())
+    killed = threading.Event()
+
+    def killer():
+        while ex.metrics["rounds"] < 40:
+            time.sleep(0.005)
+        os.kill(victim, signal.SIGKILL)
+        killed.set()
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        results = {r.prompt.id: r for r in ex.run(tasks)}
+    finally:
+        ex.close()
+    assert killed.is_set() and ex.metrics["restarts"] == 1 and ex.metrics["replayed_nfe"] > 0
+    assert_every_column_same(results, ref)
 
 
 def tasks_for(name, n=5):
@@ -214,14 +322,16 @@ def test_flowscale_run_on_ray_writes_the_same_dataset(local_ray, tmp_path):
     import yaml
 
     from flowscale_ray.cli import main
+    from flowscale_ray.io.schema import NAMES, WALL_CLOCK
 
     doc = {
         "name": "cmp",
-        "model": {"name": "gmm2d"},
+        "model": {"name": "tests.test_runtime:shape_sensitive"},
         "sampler": {"preset": "vp-sde", "steps": 6},
         "method": {"name": "smc", "n_particles": 6},
-        "reward": {"name": "mode_log_density", "options": {"mode": 2}},
-        "prompts": ["a", "b", "c"],
+        "reward": {"name": "tests.test_runtime:red"},
+        "held_out": {"name": "tests.test_runtime:green"},
+        "prompts": ["a", "bb", "ccc"],
         "output": {"dir": str(tmp_path / "out"), "top_k": 2},
     }
     tables = {}
@@ -233,10 +343,10 @@ def test_flowscale_run_on_ray_writes_the_same_dataset(local_ray, tmp_path):
         path.write_text(yaml.safe_dump({**doc, "executor": executor, "output": {**doc["output"], "run_id": kind}}))
         assert main(["run", str(path)]) == 0
         table = ds.dataset(str(tmp_path / "out" / kind / "data"), format="parquet").to_table()
-        tables[kind] = sorted(
-            zip(*(table.column(c).to_pylist() for c in ("prompt_id", "rank", "reward", "nfe")), strict=True)
-        )
+        compared = [c for c in NAMES if c not in WALL_CLOCK and c != "run_id"]
+        tables[kind] = sorted(table.select(compared).to_pylist(), key=lambda r: (r["prompt_id"], r["rank"]))
     assert tables["ray"] == tables["inprocess"] and len(tables["ray"]) == 6
+    assert all(r["image"]["bytes"] and r["held_out"] is not None for r in tables["ray"])
 
 
 class FailsOnBad(METHODS["rbf"]):

@@ -6,9 +6,13 @@ velocity queries into model calls, applies the moves and returns, per evaluated 
 and its decoded preview (what the reward scores). The in-process executor uses one engine; the Ray runtime
 puts one in every model replica.
 
-Batch invariance: every noise draw has its own generator (see core.noise), and with `micro_batch` set,
-every model call has exactly that many rows (the last chunk is padded with copies), so results do not
-depend on how requests were pooled even for models whose kernels depend on the batch size.
+Batch invariance: every noise draw has its own generator (see core.noise), and every model call has a fixed
+number of rows: velocity and reward-gradient calls exactly `micro_batch` rows, DEFAULT_CHUNK when it is not set
+(the last chunk is padded with copies of its last row); decode calls `micro_batch` rows the same way, or one
+sample at a time when it is not set. So results do not depend on how requests were pooled (which prompts were
+in flight together, how a prompt's particles were spread over replicas, a replica rebuilt after a fault) even
+for models whose kernels depend on the batch size: a CPU convolution gives a row different last bits in a
+batch of 3 than in a batch of 4.
 """
 
 from __future__ import annotations
@@ -28,6 +32,20 @@ from flowscale_ray.rewards.base import Reward
 from flowscale_ray.search.protocol import Batch, Expand, Init, Move, NoiseKey
 
 TaskKey = Hashable
+DEFAULT_CHUNK = 8  # rows per model call when `micro_batch` is not set (a fixed shape: batch invariance)
+
+
+def chunked(n: int, size: int) -> list[tuple[Tensor, int]]:
+    """Row indexes of `n` rows in chunks of exactly `size` (the last padded with copies of its last row), each
+    with how many of its rows are real."""
+    out = []
+    for start in range(0, n, size):
+        idx = torch.arange(start, min(start + size, n))
+        real = idx.numel()
+        if real < size:
+            idx = torch.cat([idx, idx[-1:].repeat(size - real)])
+        out.append((idx, real))
+    return out
 
 
 @dataclass
@@ -63,6 +81,8 @@ class ParticleEngine:
         self.grid = spec.grid_times()
         self.dynamics = Dynamics(spec, model.interpolant)
         self.micro_batch = micro_batch
+        self.chunk = micro_batch or DEFAULT_CHUNK  # rows in every velocity (and gradient) call
+        self.decode_chunk = micro_batch or 1  # rows in every decode call
         self.particles: dict[tuple[TaskKey, int], Particle] = {}
         self.tasks: dict[TaskKey, _Task] = {}
         self.nfe = 0  # velocity rows evaluated (padding excluded)
@@ -140,21 +160,24 @@ class ParticleEngine:
         return {name: v.index_select(0, index.to(v.device)) for name, v in table.items()}
 
     def _model_velocity(self, x: Tensor, t: Tensor, cond: Condition) -> Tensor:
-        n = x.shape[0]
-        size = self.micro_batch or n
         outs = []
-        for start in range(0, n, size):
-            idx = torch.arange(start, min(start + size, n))
-            pad = size - idx.numel() if self.micro_batch else 0
-            if pad:
-                idx = torch.cat([idx, idx[-1:].repeat(pad)])
+        for idx, real in chunked(x.shape[0], self.chunk):
             xb = x.index_select(0, idx).to(device=self.model.device, dtype=self.model.dtype)
             tb = t.index_select(0, idx).to(device=self.model.device, dtype=torch.float32)
             cb = {k: v.index_select(0, idx.to(v.device)) for k, v in cond.items()}
             with torch.inference_mode():
                 ub = self.model.velocity(xb, tb, cb)
-            outs.append(ub[: size - pad].float().cpu())
+            outs.append(ub[:real].float().cpu())
             self.model_calls += 1
+        return torch.cat(outs)
+
+    def decode(self, x0: Tensor) -> Tensor:
+        """Decoded images (float32, on the CPU) of x0 [B, *latent_shape], in calls of a fixed size."""
+        outs = []
+        for idx, real in chunked(x0.shape[0], self.decode_chunk):
+            with torch.inference_mode():
+                xb = x0.index_select(0, idx).to(device=self.model.device, dtype=self.model.dtype)
+                outs.append(self.model.decode(xb)[:real].float().cpu())
         return torch.cat(outs)
 
     # -- guidance ----------------------------------------------------------------------------------------------
@@ -175,13 +198,8 @@ class ParticleEngine:
         cond = self._conditions(keys)
         prompts = [self.tasks[k].prompt for k in keys]
         n = x.shape[0]
-        size = self.micro_batch or n
         grads = []
-        for start in range(0, n, size):
-            idx = torch.arange(start, min(start + size, n))
-            real = idx.numel()
-            if self.micro_batch and real < size:  # same padding as velocity calls (batch invariance)
-                idx = torch.cat([idx, idx[-1:].repeat(size - real)])
+        for idx, real in chunked(n, self.chunk):  # same chunks as velocity calls (batch invariance)
             cb = {k: v.index_select(0, idx.to(v.device)) for k, v in cond.items()}
             pb = [prompts[i] for i in idx.tolist()]
 
@@ -305,9 +323,7 @@ class ParticleEngine:
         scored = [(k, pid, p) for k, pid, p, sc in created if sc]
         previews: dict[tuple[TaskKey, int], Tensor] = {}
         if scored:
-            x0 = torch.stack([p.x0 if p.x0 is not None else p.x for _, _, p in scored])
-            with torch.inference_mode():
-                images = self.model.decode(x0.to(device=self.model.device, dtype=self.model.dtype)).float().cpu()
+            images = self.decode(torch.stack([p.x0 if p.x0 is not None else p.x for _, _, p in scored]))
             for i, (k, pid, _) in enumerate(scored):
                 previews[(k, pid)] = images[i]
         for k, pid, p, _ in created:
@@ -335,9 +351,7 @@ class ParticleEngine:
                 s = torch.tensor([p.s], dtype=torch.float64)
                 finals.append(self.dynamics.final(p.x[None], p.u[None], s)[0])  # type: ignore[index]
         samples = torch.stack(finals)
-        with torch.inference_mode():
-            images = self.model.decode(samples.to(device=self.model.device, dtype=self.model.dtype)).float().cpu()
-        return samples, images
+        return samples, self.decode(samples)
 
 
 def _missing_noise() -> NoiseKey:
