@@ -101,7 +101,7 @@ def tune(args: argparse.Namespace) -> None:
     budget = None if args.method == "base" else args.budget
     base = run(model, given, held, args.method, budget, sampler(None), tasks)
     rows = [base]
-    what = "DPS alone (base sampling" if args.method == "base" else f"{args.method.upper()}+DPS at {budget} NFE ("
+    what = "DPS alone (base sampling" if args.method == "base" else f"{args.method.upper()}+DPS ({budget} NFE search"
     md = [
         f"Guidance scale tuned with {what} + guidance on every step but the last) on "
         f"{len(tasks)} tuning prompts (evaluation prompts excluded), seed 0. Given: density-map counter "
@@ -158,7 +158,7 @@ def evaluate(args: argparse.Namespace) -> None:
             )
             print(md_rows[-1], flush=True)
         md = [
-            f"Gradient guidance on the built-in model: {len(texts)} evaluation prompts (every {args.stride}th of the "
+            f"Gradient guidance on the built-in model: {len(texts)} evaluation prompts (one in {args.stride} of the "
             f"fixed set; the {max(args.budgets)}-NFE rows on the first {args.prompts_large}) x {args.seeds} seed(s); "
             "VP-SDE (uniform grid, g = 8 s^2, 10 steps); guidance scale "
             f"{args.scale:g} for DPS (tuned with DPS alone on tuning prompts, guidance_tune.md) and "
