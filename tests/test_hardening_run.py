@@ -6,14 +6,19 @@
 - Metadata holding NaN or infinity is written as valid JSON (null).
 - A run folder that cannot be used (`data` or `_committed` a file, a truncated run record, a corrupt manifest)
   is one clear line with exit code 2 through the real command, and nothing in it is lost.
+- A `flowscale run` killed with SIGKILL leaves no process of the local Ray it started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -21,7 +26,7 @@ import pytest
 
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.run import components
-from tests.test_io_run import job_doc, run
+from tests.test_io_run import REPO, job_doc, run
 
 COMPARED = ("prompt_id", "status", "reward", "search_reward", "held_out", "nfe", "verifier_calls", "lineage", "image")
 
@@ -294,3 +299,87 @@ def test_a_damaged_marker_makes_its_shard_run_again(finished_run, tmp_path):
 def pq_rows(run_dir: Path) -> list[tuple]:
     table = ds.dataset(str(run_dir / "data"), format="parquet").to_table(columns=["prompt_id", "reward", "sample"])
     return sorted(tuple(map(str, r.values())) for r in table.to_pylist())
+
+
+# -- a killed driver leaves no process of the local Ray it started ----------------------------------------------
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of a live process, else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _tree(root: int) -> dict[int, int]:
+    """The live descendants of `root`: pid -> start time."""
+    procs = {int(p): st for p in os.listdir("/proc") if p.isdigit() and (st := _stat(int(p))) is not None}
+    found: dict[int, int] = {}
+    todo = [root]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, start) in procs.items():
+            if ppid == parent and pid not in found:
+                found[pid] = start
+                todo.append(pid)
+    return found
+
+
+def _alive(tree: dict[int, int]) -> dict[int, str]:
+    """Those of `tree` still running (the same process: same start time), with their command lines."""
+    out = {}
+    for pid, start in tree.items():
+        st = _stat(pid)
+        if st is not None and st[1] == start:
+            try:
+                out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+def test_a_killed_driver_leaves_no_process_of_its_local_ray(tmp_path):
+    """`flowscale run` starts a local Ray and is SIGKILLed mid-run: every process of that Ray (GCS, raylet,
+    agents, workers; the driver's descendants just before the kill) is gone within a bounded time. Only the
+    processes of this driver are looked at (other Ray instances on the machine are never touched)."""
+    import tempfile
+
+    doc = job_doc(
+        tmp_path / "out",
+        model={"name": "tests.test_io_run:toy_model", "options": {"delay": 0.05}},
+        prompts=[f"prompt number {i}" for i in range(60)],
+        executor={"kind": "ray", "replicas": 1, "in_flight": 2, "num_cpus": 0.5},
+        output={"dir": str(tmp_path / "out"), "shard_size": 2},
+    )
+    (tmp_path / "job.yaml").write_text(json.dumps(doc))
+    ray_tmp = tempfile.mkdtemp(prefix="fsr-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "flowscale_ray", "run", "job.yaml"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    tree: dict[int, int] = {}
+    try:
+        markers = tmp_path / "out" / "toy" / ".flowscale" / "committed"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None and not list(markers.glob("part-*.json")):
+            time.sleep(0.2)
+        assert driver.poll() is None, "the run ended before it could be killed"
+        assert list(markers.glob("part-*.json")), "the run did not commit a shard in time"
+        tree = _tree(driver.pid)
+        assert any("raylet" in cmd for cmd in _alive(tree).values()), _alive(tree)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _alive(tree):
+            time.sleep(0.5)
+        assert not _alive(tree), f"left running after the driver was killed: {_alive(tree)}"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for pid in _alive(tree):  # whatever is left (a failed test must not leak Ray processes either)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
