@@ -21,6 +21,7 @@ to benchmarks/results/counting_adaptive_*.{json,md} and a plot.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -48,8 +49,9 @@ TUNE_GRID = [
 # -- recording trajectories ----------------------------------------------------------------------------------
 
 
-def record(kind: str, n: int, prompts: int, seeds: tuple[int, ...]) -> Path:
-    """Append one JSON line per (seed, prompt) to the cache: rewards[step][trajectory], held_out[trajectory]."""
+def record(kind: str, n: int, prompts: int, seeds: tuple[int, ...], score_steps: tuple[int, ...] = ()) -> Path:
+    """Append one JSON line per (seed, prompt) to the cache: rewards[step][trajectory] (null at a step not in
+    `score_steps`, when given; the last step is always scored), held_out[trajectory]."""
     import torch  # noqa: F401  (imported before the model for thread settings)
 
     from flowscale_ray.builtin import shapes
@@ -75,7 +77,7 @@ def record(kind: str, n: int, prompts: int, seeds: tuple[int, ...]) -> Path:
             pid = f"{prefix}-{i:03d}"
             if (seed, pid) in done:
                 continue
-            tracer = _Tracer(n, both)
+            tracer = _Tracer(n, both, score_steps)
             ex = InProcessExecutor(ParticleEngine(model, spec), both, None, in_flight=1)
             list(ex.run([SearchTask(Prompt(pid, text), tracer, seed)]))
             with path.open("a") as f:
@@ -125,9 +127,9 @@ def _tracer_class():
 
         name = "trace"
 
-        def __init__(self, n: int, both: _Both) -> None:
+        def __init__(self, n: int, both: _Both, score_steps: tuple[int, ...]) -> None:
             super().__init__(Config(n))
-            self.both = both
+            self.both, self.score_steps = both, score_steps
             self.out: dict[str, Any] = {}
 
         def planned_nfe(self, ctx):
@@ -135,19 +137,29 @@ def _tracer_class():
 
         def search(self, ctx, seed):
             n, times, new_pid = self.config.n, ctx.search_times, PidCounter()
-            inits = tuple(Init(new_pid(), NoiseKey(i, 0, 0, STREAM_INIT)) for i in range(n))
+            last = len(times) - 1
+
+            def scored(k: int) -> bool:
+                return not self.score_steps or k in self.score_steps or k == last
+
+            inits = tuple(Init(new_pid(), NoiseKey(i, 0, 0, STREAM_INIT), scored(0)) for i in range(n))
             evals = yield Batch(inits=inits)
             cur = [i.pid for i in inits]
             rewards, nfe = [[evals[p].reward for p in cur]], spent(evals)
             for k in range(1, len(times)):
-                self.both.want = k == len(times) - 1
-                moves = [Expand(new_pid(), p, (Move(times[k], NoiseKey(i, k, 0)),)) for i, p in enumerate(cur)]
+                self.both.want = k == last
+                moves = [
+                    Expand(new_pid(), p, (Move(times[k], NoiseKey(i, k, 0)),), scored(k)) for i, p in enumerate(cur)
+                ]
                 evals = yield Batch(expands=tuple(moves), release=tuple(cur))
                 nfe += spent(evals)
                 cur = [e.pid for e in moves]
                 rewards.append([evals[p].reward for p in cur])
             self.both.want = False
-            self.out = {"rewards": rewards, "held_out": self.both.scores}
+            self.out = {
+                "rewards": [[None if math.isnan(v) else v for v in row] for row in rewards],
+                "held_out": self.both.scores,
+            }
             best = max(range(n), key=lambda i: rewards[-1][i])
             record = StepRecord(step=len(times) - 1, s=times[-1], nfe=nfe, candidates=n, best_reward=rewards[-1][best])
             return SearchOutcome(
@@ -157,8 +169,8 @@ def _tracer_class():
     return Tracer
 
 
-def _Tracer(n: int, both: _Both):  # a class built lazily, so importing this module is cheap
-    return _tracer_class()(n, both)
+def _Tracer(n: int, both: _Both, score_steps: tuple[int, ...] = ()):  # built lazily: importing this is cheap
+    return _tracer_class()(n, both, score_steps)
 
 
 def read(path: Path) -> list[dict[str, Any]]:
@@ -176,6 +188,23 @@ def sh_method(budget: int, checkpoints: tuple[float, ...], keep: float):
     return SuccessiveHalving(SuccessiveHalvingConfig(checkpoints=checkpoints, keep=keep)).with_budget(budget, ctx), ctx
 
 
+@functools.cache
+def _schedule(checkpoints: tuple[float, ...], keep: float):
+    from flowscale_ray.search.protocol import SearchContext
+    from flowscale_ray.search.successive_halving import SuccessiveHalving, SuccessiveHalvingConfig
+
+    ctx = SearchContext(grid=tuple(1 - i / STEPS for i in range(STEPS + 1)))
+    return SuccessiveHalving(SuccessiveHalvingConfig(checkpoints=checkpoints, keep=keep)), ctx
+
+
+@functools.cache
+def trajectories_for(method: str, budget: int, checkpoints: tuple[float, ...], keep: float) -> int:
+    if method == "bon":
+        return budget // STEPS
+    sized, ctx = sh_method(budget, checkpoints, keep)
+    return sized._n(ctx)
+
+
 def replay(trace: dict[str, Any], idx: list[int], checkpoints: tuple[float, ...], keep: float) -> dict[str, float]:
     """`sh` with these settings run on trajectories `idx` (checkpoints () and keep 1: Best-of-len(idx))."""
     r = trace["rewards"]
@@ -183,7 +212,7 @@ def replay(trace: dict[str, Any], idx: list[int], checkpoints: tuple[float, ...]
     live = list(idx)
     nfe, calls, at = len(live), 0, 0
     if checkpoints:
-        method, ctx = sh_method(10**6, checkpoints, keep)  # the schedule only
+        method, ctx = _schedule(checkpoints, keep)
         stops, counts = method.stops(ctx), method.survivors(len(idx), ctx)
     else:
         stops, counts = [last], [len(idx)]
@@ -203,13 +232,6 @@ def replay(trace: dict[str, Any], idx: list[int], checkpoints: tuple[float, ...]
         "nfe": nfe,
         "verifier_calls": calls + 1,  # scored at every stop, plus the final score
     }
-
-
-def trajectories_for(method: str, budget: int, checkpoints: tuple[float, ...], keep: float) -> int:
-    if method == "bon":
-        return budget // STEPS
-    sized, ctx = sh_method(budget, checkpoints, keep)
-    return sized._n(ctx)
 
 
 # -- tuning --------------------------------------------------------------------------------------------------
@@ -516,6 +538,7 @@ def main() -> None:
     tr.add_argument("--trajectories", type=int, default=None, help="default: 128 (tune), 200 (eval)")
     tr.add_argument("--prompts", type=int, default=None, help="default: 32 (tune), 50 (eval)")
     tr.add_argument("--seeds", type=int, nargs="+", default=None)
+    tr.add_argument("--score-steps", type=int, nargs="*", default=[], help="steps scored (default all; last always)")
     tu = sub.add_parser("tune")
     tu.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 300, 500])
     ev = sub.add_parser("eval")
@@ -534,6 +557,7 @@ def main() -> None:
             args.trajectories or (128 if tune_ else 200),
             args.prompts or (32 if tune_ else 50),
             tuple(args.seeds or ((TUNE_SEED,) if tune_ else EVAL_SEEDS)),
+            tuple(args.score_steps),
         )
     elif args.cmd == "tune":
         tune(args)

@@ -56,6 +56,8 @@ VARIANTS = [
     abf(n_chains=2, nfe_budget=100, **AS_RBF),
     abf(n_chains=3, nfe_budget=301, explore=1.0, margin=0.3),
     abf(n_chains=4, nfe_budget=150, chain_nfe=60, seed_candidates=3),
+    abf(n_chains=8, nfe_budget=100, chain_nfe=0, quota_power=2.0),
+    abf(n_chains=3, nfe_budget=301, quota_power=1.0, explore=0.0, rollover="next"),
     vt(),
     vt(n_chains=2, nfe_budget=97, threshold=0.5, rollover="next"),
     vt(n_chains=3, nfe_budget=211, calibrate=0.5, quantile=0.5, chain_nfe=100),
@@ -338,3 +340,15 @@ def test_abf_beats_rbf_on_the_far_rare_mode_at_100_nfe():
     )
     se = diff.std() / prompts**0.5
     assert diff.mean() > 4 * se, (diff.mean(), se)
+
+
+def test_late_quotas_give_every_interval_a_candidate_and_the_late_ones_more():
+    from flowscale_ray.search.adaptive_rbf import late_quotas
+
+    assert late_quotas(40, 9, 0.0) is None  # RBF's even split
+    for share, intervals, power in [(9, 9, 2.0), (11, 9, 2.0), (37, 9, 2.0), (100, 9, 1.0), (250, 4, 4.0)]:
+        q = late_quotas(share, intervals, power)
+        assert q is not None and sum(q) == share and min(q) >= 1 and len(q) == intervals
+        assert q == sorted(q)  # never fewer candidates later than earlier
+    with pytest.raises(ValueError, match="quota_power"):
+        abf(quota_power=-1.0)

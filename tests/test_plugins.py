@@ -21,6 +21,7 @@ from flowscale_ray.models import MODELS, build_model, register_model
 from flowscale_ray.plugins import PluginError, Registry
 from flowscale_ray.rewards import REWARDS, build_reward, register_reward
 from flowscale_ray.search import METHODS, register_method
+from flowscale_ray.search.registry import BUILTIN_METHODS
 from flowscale_ray.search.best_of_n import BestOfN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,7 +239,7 @@ def test_register_in_process_and_module_attribute_names(monkeypatch):
     try:
         assert build_model("tiny_test_model").model_id == "gmm2d"
         assert build_reward("tiny_test_reward").name == "tiny_reward"
-        assert METHODS["tiny_test_method"] is Tiny and list(METHODS)[9] == "tiny_test_method"
+        assert METHODS["tiny_test_method"] is Tiny and list(METHODS)[len(BUILTIN_METHODS)] == "tiny_test_method"
         assert MODELS.source("tiny_test_model") == "registered"
     finally:
         MODELS.unregister("tiny_test_model")

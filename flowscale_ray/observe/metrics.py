@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 
-LABEL_KEYS = frozenset({"method", "model", "reward", "replica", "kind", "reason"})
+LABEL_KEYS = frozenset({"method", "model", "reward", "replica", "kind", "reason", "part"})
 RUN = ("method", "model", "reward")  # the labels of run-level series
 
 REGISTRY = CollectorRegistry(auto_describe=True)

@@ -113,8 +113,8 @@ class Totals:
     bytes: int = 0
     retries: int = 0
     verifier_calls: int = 0  # reward evaluations of the finished prompts
-    budget_nfe: int = 0  # dataset budget of the blocks started
-    budget_spent: int = 0  # ... charged to rounds so far
+    budget_nfe: float = 0  # dataset budget of the blocks started
+    budget_spent: float = 0  # ... charged to rounds so far
 
     @property
     def done(self) -> int:

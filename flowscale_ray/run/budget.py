@@ -117,12 +117,12 @@ class BlockBudget:
         self.target = target
         self.max_rounds = max_rounds
         self.prompts = {i: PromptProgress(i) for i in indices}
-        self.charged = 0
+        self.charged: float = 0
         self.waves = 0
         self._pending: set[int] = set()  # prompts of the current wave not recorded yet
 
     @property
-    def left(self) -> int:
+    def left(self) -> float:
         return self.total - self.charged
 
     def next_wave(self) -> list[int]:

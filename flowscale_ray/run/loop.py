@@ -175,7 +175,10 @@ def _dataset_budget(
     first, later = _sized(job, method, cfg.base_nfe), _sized(job, method, cfg.per_round)
     target = Target(cfg.target_reward, cfg.target_held_out)
     # Charged per round: exactly what it will spend (planned NFE, or planned compute units).
-    costs = tuple(planned_cost(m, cfg.unit, cfg.costs, ctx, job.output.top_k) for m in (first, later))
+    costs = (
+        planned_cost(first, cfg.unit, cfg.costs, ctx, job.output.top_k),
+        planned_cost(later, cfg.unit, cfg.costs, ctx, job.output.top_k),
+    )
     for shard in sorted({output.shard_of(i) for i in todo}):
         block = [i for i in todo if output.shard_of(i) == shard]
         budget = BlockBudget(block, cfg.mean_nfe, *costs, target, cfg.max_rounds)

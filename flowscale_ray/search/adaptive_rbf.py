@@ -18,6 +18,9 @@ and changes what makes a chain move on:
               all the remaining intervals, so savings are not dumped on the last one
   chain_nfe   one chain per chain_nfe of budget, between 1 and n_chains (0: always n_chains); at 100 NFE
               one chain with ~10 candidates per interval beat two with ~5 on the mixture scenarios
+  quota_power interval i (0-based) gets one candidate plus a share of the rest in proportion to
+              (i + 1) ** quota_power (0: RBF's even split): search where the reward is informative, late
+              in the chain on rewards that can only be read off a nearly finished sample
 
 Defaults (explore 0.5, margin 0, spread, n_chains 4, chain_nfe 200) were chosen on the mixture scenarios'
 tuning searches (benchmarks/adaptive_study.py tune); docs/adaptive.md has the figures.
@@ -61,6 +64,19 @@ def check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name}: must be in [0, 1], got {value}")
 
 
+def late_quotas(share: int, intervals: int, power: float) -> list[int] | None:
+    """One candidate per interval, and what is left of `share` split in proportion to (i + 1) ** power (the
+    last interval takes the rounding remainder, and spends whatever is left anyway). None for power 0 (RBF's
+    even split)."""
+    if power == 0:
+        return None
+    weights = [(i + 1) ** power for i in range(intervals)]
+    extra = share - intervals
+    quotas = [1 + math.floor(extra * w / sum(weights)) for w in weights]
+    quotas[-1] += share - sum(quotas)
+    return quotas
+
+
 @dataclass(frozen=True)
 class ABFConfig:
     n_chains: int = 4
@@ -70,9 +86,12 @@ class ABFConfig:
     margin: float = 0.0  # accept only r > r* + margin (0: RBF's strict improvement)
     rollover: str = "spread"  # next (RBF) | spread
     chain_nfe: int = 200  # > 0: one chain per chain_nfe of budget, between 1 and n_chains (0: n_chains)
+    quota_power: float = 0.0  # interval i's extra quota grows as (i + 1) ** quota_power (0: even, RBF's)
 
     def __post_init__(self) -> None:
         check_budget_settings(self.n_chains, self.nfe_budget, self.seed_candidates, self.rollover)
+        if not (0 <= self.quota_power <= 16 and math.isfinite(self.quota_power)):
+            raise ValueError(f"quota_power: must be a number in [0, 16], got {self.quota_power}")
         check_fraction("explore", self.explore)
         check_chain_nfe(self.chain_nfe)
         if not (self.margin >= 0 and math.isfinite(self.margin)):
@@ -82,6 +101,9 @@ class ABFConfig:
 class AdaptiveBudgetForcing(IntervalSearch):
     name = "abf"
     Config = ABFConfig
+
+    def quotas(self, share: int, intervals: int) -> list[int] | None:
+        return late_quotas(share, intervals, self.config.quota_power)
 
     def accepts(self, ch: Chain) -> bool:
         c = self.config

@@ -57,6 +57,7 @@ class Chain:
     budget: int  # candidates left for the whole chain
     base_quota: int
     bonus: list[int]  # rolled-over quota per interval (rollover: spread)
+    base_quotas: list[int] | None = None  # per interval, when the quota is not even (abf's quota_power)
     interval: int = 0
     quota: int = 0
     drawn: int = 0
@@ -109,6 +110,11 @@ class IntervalSearch(SearchMethod):
         chains = min(c.n_chains, per_round(nfe, per_chain, "chain (a start and one candidate per interval)"))
         return type(self)(replace(c, n_chains=chains, nfe_budget=nfe))
 
+    def quotas(self, share: int, intervals: int) -> list[int] | None:
+        """Each interval's base quota out of a chain's `share` (at least one candidate each), or None for the
+        even split (share // intervals each, the remainder to the last interval)."""
+        return None
+
     def accepts(self, ch: Chain) -> bool:
         """Whether the chain moves on now to its interval's best candidate as an accepted one (called after
         each candidate of a non-final interval, `ch.drawn` >= 1)."""
@@ -137,6 +143,7 @@ class IntervalSearch(SearchMethod):
                     budget=shares[b],
                     base_quota=shares[b] // intervals,
                     bonus=[0] * intervals,
+                    base_quotas=self.quotas(shares[b], intervals),
                 )
             )
         release = tuple(i.pid for per_chain in seeds for i in per_chain if i.pid not in {ch.state for ch in chains})
@@ -225,7 +232,8 @@ class IntervalSearch(SearchMethod):
         if interval == intervals - 1:
             ch.quota = ch.budget  # last interval: everything that is left
         else:
-            ch.quota = ch.base_quota + ch.bonus[interval]
+            base = ch.base_quota if ch.base_quotas is None else ch.base_quotas[interval]
+            ch.quota = base + ch.bonus[interval]
 
     @staticmethod
     def _record(ch: Chain, times: tuple[float, ...], accepted: int, rollover: int) -> StepRecord:
