@@ -72,7 +72,7 @@ def main() -> None:
             )
     md += [
         "",
-        "Distance between the two final steps from the same state at s_{M-1} (same noise keys), in the mixture's units:",
+        "Distance between the two final steps from the same state at s_{M-1} (same noise keys), mixture units:",
         "",
         "| sampler | steps | grid | mean distance | max distance |",
         "|---|---|---|---|---|",

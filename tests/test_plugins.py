@@ -21,8 +21,8 @@ from flowscale_ray.models import MODELS, build_model, register_model
 from flowscale_ray.plugins import PluginError, Registry
 from flowscale_ray.rewards import REWARDS, build_reward, register_reward
 from flowscale_ray.search import METHODS, register_method
-from flowscale_ray.search.registry import BUILTIN_METHODS
 from flowscale_ray.search.best_of_n import BestOfN
+from flowscale_ray.search.registry import BUILTIN_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plugin"
