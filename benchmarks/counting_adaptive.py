@@ -291,7 +291,27 @@ def tune(args) -> None:
         f"Chosen (best mean accuracy over budgets {list(args.budgets)}): **{choice}** ({full[choice]:.3f}; "
         f"bon {full.get('bon', math.nan):.3f}).",
     ]
-    save("counting_adaptive_tune", {"rows": rows, "choice": choice, "mean_accuracy": full}, "\n".join(md))
+    # How early the final reward can be read: correlation (per prompt, over its trajectories) between the reward
+    # of the x0 estimate after k steps and the final reward.
+    profile = []
+    for k in range(len(traces[0]["rewards"])):
+        corr = []
+        for t in traces:
+            a, b = np.array(t["rewards"][k], dtype=float), np.array(t["rewards"][-1], dtype=float)
+            if a.std() > 0 and b.std() > 0:
+                corr.append(float(np.corrcoef(a, b)[0, 1]))
+        profile.append(float(np.mean(corr)) if corr else math.nan)
+    md += [
+        "",
+        "How early the final reward can be read (mean over prompts of the correlation, over a prompt's trajectories, "
+        "between the reward of the x0 estimate at step k and the final reward):",
+        "",
+        "| step k | " + " | ".join(str(k) for k in range(len(profile))) + " |",
+        "|---|" + "---|" * len(profile),
+        "| correlation | " + " | ".join(f"{c:.2f}" for c in profile) + " |",
+    ]
+    doc = {"rows": rows, "choice": choice, "mean_accuracy": full, "informativeness": profile}
+    save("counting_adaptive_tune", doc, "\n".join(md))
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------
@@ -361,22 +381,29 @@ def eval_(args) -> None:
     tune_doc = json.loads((RESULTS / "counting_adaptive_tune.json").read_text())
     chosen = next(r for r in tune_doc["rows"] if r["config"] == tune_doc["choice"])
     cps, keep = tuple(chosen["checkpoints"]), chosen["keep"]
-    traces = [t for t in read(CACHE / "counting_ode_eval.jsonl") if t["seed"] in args.seeds]
-    prompts = sorted({t["id"] for t in traces})
-    complete = [p for p in prompts if sum(t["id"] == p for t in traces) == len(args.seeds)]
-    traces = [t for t in traces if t["id"] in complete]
-    print(f"{len(complete)} prompts x {len(args.seeds)} seeds recorded; sh {list(cps)} keep {keep}")
-    checks = check_replay(traces, cps, keep, args.check) if args.check else []
-    mismatches = [c for c in checks if not np.allclose(c["real"], c["replay"], rtol=0, atol=1e-4)]
-    results: dict[str, dict[int, dict]] = {"bon": {}, "sh": {}}
-    for budget in BUDGETS:
-        for method in results:
-            res = replayed(traces, method, budget, cps, keep)
-            if res is not None:
-                results[method][budget] = res
-    sde = _load_sde(complete, args.seeds)
-    for method, by_budget in sde.items():
-        results[method] = by_budget
+    path = CACHE / "counting_ode_eval.jsonl"
+    traces = [t for t in read(path) if t["seed"] in args.seeds] if path.exists() else []
+    results: dict[str, dict[int, dict]] = {}
+    checks: list[dict] = []
+    mismatches: list[dict] = []
+    if traces:  # bon and sh replayed from recorded trajectories
+        prompts = sorted({t["id"] for t in traces})
+        complete = [p for p in prompts if sum(t["id"] == p for t in traces) == len(args.seeds)]
+        traces = [t for t in traces if t["id"] in complete]
+        checks = check_replay(traces, cps, keep, args.check) if args.check else []
+        mismatches = [c for c in checks if not np.allclose(c["real"], c["replay"], rtol=0, atol=1e-4)]
+        for budget in BUDGETS:
+            for method in ("bon", "sh"):
+                res = replayed(traces, method, budget, cps, keep)
+                if res is not None:
+                    results.setdefault(method, {})[budget] = res
+    else:  # real runs only
+        from flowscale_ray.builtin import shapes
+
+        complete = [f"eval-{i:03d}" for i in range(min(args.prompts, len(shapes.evaluation_prompts())))]
+    print(f"{len(complete)} prompts x seeds {list(args.seeds)}")
+    for method, by_budget in _load_sde(complete, args.seeds).items():
+        results.setdefault(method, {}).update(by_budget)
     rows = []
     for method, by_budget in results.items():
         for budget, res in sorted(by_budget.items()):
@@ -401,12 +428,17 @@ def eval_(args) -> None:
                 if budget in results[method]:
                     d, se = paired(results[method][budget]["accuracy"], bon1000["accuracy"])
                     targets[f"{method}@{budget} - bon@1000"] = (d, se)
+    how = (
+        f"bon and sh: linear ODE, replayed from {len(traces[0]['rewards'][0])} recorded trajectories per (prompt, "
+        f"seed) (checked against real runs: {len(checks) - len(mismatches)} of {len(checks)} identical); sh: "
+        f"checkpoints {list(cps)}, keep {keep}. "
+        if traces
+        else "Real runs: bon on the linear ODE, the others on RBF's tuned VP-SDE (uniform grid, g = 8 s^2). "
+    )
     md = [
         f"Built-in counting task, {len(complete)} evaluation prompts x seeds {list(args.seeds)}; per-prompt values "
         "averaged over the seeds, then mean ± s.e. over prompts; 'vs bon' is the paired accuracy difference at the "
-        f"same budget. bon and sh: linear ODE, replayed from {len(traces[0]['rewards'][0])} recorded trajectories per "
-        f"(prompt, seed) (checked against real runs: {len(checks) - len(mismatches)} of {len(checks)} identical). "
-        f"sh: checkpoints {list(cps)}, keep {keep} (chosen on tuning prompts). Compute units with c_d = 1, c_v = 1.",
+        f"same budget. {how}Compute units with c_d = 1, c_v = 1.",
         "",
         "| method | budget | NFE | verifier calls | units (c_v = 1) | accuracy | vs bon | reward (-RSS) | held-out |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -462,8 +494,10 @@ def _plot(rows: list[dict]) -> None:
 # -- SDE methods (real runs) ---------------------------------------------------------------------------------
 
 SDE_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bon": ("bon", {}),  # the linear ODE (its best sampler in benchmarks.counting_study)
     "rbf": ("rbf", {"n_chains": 8}),  # the tuned setting (benchmarks.rbf_sweep)
     "abf": ("abf", {"n_chains": 8, "chain_nfe": 0}),  # chains as RBF's (adaptive_study tune_counting)
+    "abf_late": ("abf", {"n_chains": 8, "chain_nfe": 0, "explore": 0.0, "quota_power": 2.0}),
     "vt": ("vt", {"n_chains": 8, "chain_nfe": 0}),
     "svdd": ("svdd", {}),
     "smc": ("smc", {}),
@@ -474,7 +508,7 @@ def sde(args) -> None:
     """Real runs of the SDE methods with RBF's tuned VP-SDE sampler; one JSON per (method, budget, seed)."""
     from benchmarks.common import run_counting
     from flowscale_ray.builtin import shapes
-    from flowscale_ray.core.dynamics import SamplerSpec
+    from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
     from flowscale_ray.models import build_model
     from flowscale_ray.prompts import Prompt
     from flowscale_ray.rewards import build_reward
@@ -482,8 +516,8 @@ def sde(args) -> None:
     from flowscale_ray.search.protocol import SearchContext
 
     model, reward, held = build_model("shapes"), build_reward("counting"), build_reward("counting_heldout")
-    spec = SamplerSpec(interpolant="vp", sde=True, diffusion_norm=8, grid="uniform")
-    ctx = SearchContext(grid=spec.grid_times())
+    vp = SamplerSpec(interpolant="vp", sde=True, diffusion_norm=8, grid="uniform")
+    ode = SamplerSpec(**SAMPLER_PRESETS["linear-ode"])
     texts = list(shapes.evaluation_prompts())[: args.prompts]
     CACHE.mkdir(exist_ok=True)
     for name in args.methods:
@@ -493,6 +527,8 @@ def sde(args) -> None:
                 path = CACHE / f"counting_sde_{name}_{budget}_{seed}.json"
                 if path.exists():
                     continue
+                spec = ode if name == "bon" else vp
+                ctx = SearchContext(grid=spec.grid_times())
                 method = METHODS[base_name](METHODS[base_name].Config(**settings)).with_budget(budget, ctx)
                 plain = {k: v for k, v in method.settings().items() if k != "name"}
                 tasks = [(Prompt(f"eval-{i:03d}", t), seed) for i, t in enumerate(texts)]
@@ -544,6 +580,7 @@ def main() -> None:
     ev = sub.add_parser("eval")
     ev.add_argument("--seeds", type=int, nargs="+", default=list(EVAL_SEEDS))
     ev.add_argument("--check", type=int, default=6, help="(prompt, seed) pairs replayed through the real methods")
+    ev.add_argument("--prompts", type=int, default=50)
     sd = sub.add_parser("sde")
     sd.add_argument("--methods", nargs="+", default=list(SDE_METHODS), choices=list(SDE_METHODS))
     sd.add_argument("--budgets", type=int, nargs="+", default=[100, 300])
