@@ -97,7 +97,7 @@ def test_whole_budget_is_spent_or_refused(name, budget, n_chains):
 def test_nfe_is_audited_against_the_engine_and_the_model(name, preset):
     method = METHODS[name](METHODS[name].Config(n_chains=2, nfe_budget=47))
     model = gmm2d()
-    engine = ParticleEngine(model, preset)
+    engine = ParticleEngine(model, preset, micro_batch=1)  # 1-row calls: no padding rows reach the model
     ex = InProcessExecutor(engine, build_reward("mode_log_density", {"mode": 2}), in_flight=2)
     results = list(ex.run([SearchTask(Prompt(f"p{i}", ""), method, 0) for i in range(3)]))
     planned = method.planned_nfe(ex.context)
