@@ -52,6 +52,8 @@ class RunOutput:
         identity, config = describe_job(job, prompts)
         try:
             fs, base = open_filesystem(job.output.dir, job.storage)
+        except ConfigError:
+            raise  # already names its field (e.g. an S3 endpoint that cannot be reached)
         except (ValueError, ImportError) as exc:
             raise ConfigError("output.dir", f"cannot open {redact(job.output.dir)}: {redact(str(exc))}") from None
         writer = ShardedWriter(
