@@ -165,7 +165,7 @@ def test_every_method_runs_with_vp_sde(which, request):
     try:
         for name, settings in SMALL.items():
             method = METHODS[name](METHODS[name].Config(**settings))
-            engine = ParticleEngine(model, spec)
+            engine = ParticleEngine(model, spec, micro_batch=1)  # no padding rows: the model sees exactly NFE rows
             ex = InProcessExecutor(engine, FunctionReward(mean_latent, "mean"), in_flight=2)
             rows.clear()
             results = list(ex.run([SearchTask(Prompt(f"p{i}", PROMPT), method, seed=i) for i in range(2)]))
