@@ -98,6 +98,26 @@ def assert_every_column_same(results, ref):
             assert s.lineage == t.lineage and s.pid == t.pid, pid
 
 
+def run_killing_a_replica(ex, tasks, replica: int = 1, after_rounds: int = 40) -> tuple[dict, bool]:
+    """Run `tasks` on `ex` while SIGKILLing one replica's process once the driver has done `after_rounds`
+    scheduling rounds; returns the results by prompt id and whether the kill happened. Closes `ex`."""
+    victim = ray.get(ex.replicas[replica].pid.remote())
+    killed = threading.Event()
+
+    def killer():
+        while ex.metrics["rounds"] < after_rounds:
+            time.sleep(0.005)
+        os.kill(victim, signal.SIGKILL)
+        killed.set()
+
+    threading.Thread(target=killer, daemon=True).start()
+    try:
+        results = {r.prompt.id: r for r in ex.run(tasks)}
+    finally:
+        ex.close()
+    return results, killed.is_set()
+
+
 def sensitive_tasks(name, n=5):
     cls = METHODS[name]
     method = cls(cls.Config(**SMALL[name]))
@@ -126,22 +146,8 @@ def test_every_column_is_the_same_after_a_replica_is_killed(local_ray):
     tasks = sensitive_tasks("rbf", n=6)
     ref = sensitive_reference(tasks)
     ex = sensitive_ray(tasks, replicas=2, in_flight=6)
-    victim = ray.get(ex.replicas[1].pid.remote())
-    killed = threading.Event()
-
-    def killer():
-        while ex.metrics["rounds"] < 40:
-            time.sleep(0.005)
-        os.kill(victim, signal.SIGKILL)
-        killed.set()
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    try:
-        results = {r.prompt.id: r for r in ex.run(tasks)}
-    finally:
-        ex.close()
-    assert killed.is_set() and ex.metrics["restarts"] == 1 and ex.metrics["replayed_nfe"] > 0
+    results, killed = run_killing_a_replica(ex, tasks)
+    assert killed and ex.metrics["restarts"] == 1 and ex.metrics["replayed_nfe"] > 0
     assert_every_column_same(results, ref)
 
 
@@ -197,22 +203,8 @@ def test_killed_replica_is_rebuilt_and_results_are_identical(local_ray):
     tasks = tasks_for("rbf", n=6)
     ref = reference(tasks, spec)
     ex = RayExecutor(MODEL, spec, REWARD, options=RuntimeOptions(replicas=2, in_flight=6, num_cpus=0.5))
-    victim = ray.get(ex.replicas[1].pid.remote())
-    killed = threading.Event()
-
-    def killer():
-        while ex.metrics["rounds"] < 40:
-            time.sleep(0.005)
-        os.kill(victim, signal.SIGKILL)
-        killed.set()
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    try:
-        results = {r.prompt.id: r for r in ex.run(tasks)}
-    finally:
-        ex.close()
-    assert killed.is_set()
+    results, killed = run_killing_a_replica(ex, tasks)
+    assert killed
     assert ex.metrics["restarts"] == 1 and ex.metrics["replayed_nfe"] > 0
     assert_same(results, ref)
 
