@@ -45,3 +45,19 @@ def save(name: str, data: dict[str, Any], markdown: str) -> None:
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
     print(markdown)
     print(f"\nsaved {RESULTS / name}.json and .md")
+
+
+def bench_report(args) -> dict[str, Any]:
+    """Run `flowscale bench` with parsed `args` on a local Ray and return its JSON report (exit 2 on failure)."""
+    import os
+    import tempfile
+
+    from flowscale_ray.benchmark.command import run as bench
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        args.out = str(Path(tmp) / "bench.json")
+        if bench(args) != 0:
+            raise SystemExit(2)
+        return json.loads(Path(args.out).read_text())

@@ -12,27 +12,16 @@ replica, side by side in one run. Scaling: replicas that sleep 50 ms per call (a
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
-from pathlib import Path
 
-from benchmarks.common import save
+from benchmarks.common import bench_report, save
 from flowscale_ray.benchmark.command import configure_parser, format_report
-from flowscale_ray.benchmark.command import run as bench
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     configure_parser(ap)
     args = ap.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    with tempfile.TemporaryDirectory() as tmp:
-        args.out = str(Path(tmp) / "bench.json")
-        if bench(args) != 0:
-            raise SystemExit(2)
-        report = json.loads(Path(args.out).read_text())
+    report = bench_report(args)
     shown = ("replicas", "delay_ms", "delay_batch", "per_replica")
     cmd = "python -m benchmarks.runtime " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in shown and v is not None

@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-from pathlib import Path
 
-from benchmarks.common import RESULTS, save
+from benchmarks.common import RESULTS, bench_report, save
 from flowscale_ray.benchmark.command import configure_parser, format_report
-from flowscale_ray.benchmark.command import run as bench
 from flowscale_ray.benchmark.scale import capacity, format_capacity
 
 
@@ -38,13 +34,7 @@ def main() -> None:
         return
     if not any(o.startswith("method") for o in args.overrides):
         args.overrides = ["method.nfe_budget=50", *args.overrides]
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    with tempfile.TemporaryDirectory() as tmp:
-        args.out = str(Path(tmp) / "bench.json")
-        if bench(args) != 0:
-            raise SystemExit(2)
-        report = json.loads(Path(args.out).read_text())
+    report = bench_report(args)
     shown = ("replicas", "delays", "delay_batch", "per_replica", "hosts", "waves")
     cmd = "python -m benchmarks.scale " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in shown and v is not None
