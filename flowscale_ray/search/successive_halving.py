@@ -89,12 +89,15 @@ class SuccessiveHalving(SearchMethod):
         budget = self.config.nfe_budget
         if budget is None:
             return self.config.n
-        n = 0
-        while self._cost(n + 1, ctx) <= budget:
-            n += 1
-        if n == 0:
+        if self._cost(1, ctx) > budget:
             raise ValueError(f"nfe_budget: {budget} NFE cannot pay one trajectory ({self._cost(1, ctx)} NFE)")
-        return n
+        lo, hi = 1, 2  # the cost grows with n: double past the budget, then bisect (the largest n that fits)
+        while self._cost(hi, ctx) <= budget:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self._cost(mid, ctx) <= budget else (lo, mid)
+        return lo
 
     def planned_nfe(self, ctx: SearchContext) -> int:
         return self._cost(self._n(ctx), ctx)
