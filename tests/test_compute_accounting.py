@@ -166,6 +166,7 @@ def test_a_dataset_budget_in_compute_units_never_overspends(tmp_path):
             "budget.per_prompt",
         ),
         ({"c_v": -1}, "budget.c_v"),
+        ({"unit": "compute", "c_d": 0.001, "c_v": 0.001, "per_prompt": 1e6}, "budget.per_prompt"),  # > 100000 NFE
     ],
 )
 def test_bad_compute_budgets_name_the_field(tmp_path, budget, where):

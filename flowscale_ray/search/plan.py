@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 from flowscale_ray.search.protocol import Batch, Evaluation, SearchContext
 
-__all__ = ["Costs", "Plan", "plan", "size_for_units"]
+__all__ = ["MAX_SIZED_NFE", "Costs", "Plan", "plan", "size_for_units"]
+
+MAX_SIZED_NFE = 100_000  # the largest NFE budget a compute-unit budget is sized to (plans are dry runs)
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,18 @@ def plan(method, ctx: SearchContext, top_k: int = 1, seed: int = 0) -> Plan:
 def size_for_units(method, units: float, costs: Costs, ctx: SearchContext, top_k: int = 1):
     """`method` set up (through `with_budget`) for the largest NFE budget whose planned compute units are at most
     `units`. Raises ValueError when not even the smallest budget the method accepts fits."""
-    lo, hi = 0, max(1, int(units / costs.c_d)) if costs.c_d > 0 else 10**9
-    best = None
+    hi = min(MAX_SIZED_NFE, max(1, int(units / costs.c_d))) if costs.c_d > 0 else MAX_SIZED_NFE
+    if hi == MAX_SIZED_NFE:  # each plan is a dry run of the whole search: bound what may be sized
+        try:
+            largest = plan(method.with_budget(MAX_SIZED_NFE, ctx), ctx, top_k)
+        except ValueError:
+            largest = None
+        if largest is not None and largest.units(costs) < units:
+            raise ValueError(
+                f"a budget of {units:g} compute units sizes {method.name} past {MAX_SIZED_NFE} NFE per search, the "
+                f"most a compute-unit budget is sized to (c_d {costs.c_d:g}, c_v {costs.c_v:g})"
+            )
+    lo, best = 0, None
     while lo < hi:  # planned units grow with the NFE budget: bisect on it
         mid = (lo + hi + 1) // 2
         try:
