@@ -143,8 +143,9 @@ class InProcessExecutor:
         scored = [o for o in outputs if o.preview is not None]
         started = time.perf_counter()
         rewards = score(self.reward, [o.preview for o in scored], [run.task.prompt] * len(scored))  # type: ignore[misc]
-        run.reward_seconds += time.perf_counter() - started
-        self._reward_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        run.reward_seconds += elapsed
+        self._reward_seconds += elapsed
         run.verifier_calls += charged_calls(self.reward, rewards)  # one per scored row, unless a cascade
         by_pid = {o.pid: r for o, r in zip(scored, rewards, strict=True)}
         evals = {}
