@@ -163,9 +163,9 @@ class InProcessExecutor:
         prompts = [run.task.prompt] * len(pids)
         scoring = time.perf_counter()
         rewards = score(self.reward, list(images), prompts)
-        helds = score(self.held_out, list(images), prompts) if self.held_out is not None else None
         run.model_seconds += scoring - started
-        run.reward_seconds += time.perf_counter() - scoring
+        run.reward_seconds += time.perf_counter() - scoring  # the verifier's work; the held-out score is not
+        helds = score(self.held_out, list(images), prompts) if self.held_out is not None else None
         self.engine.close_task(run.key)
         return build_result(
             run.task,
