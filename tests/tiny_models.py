@@ -257,11 +257,15 @@ def save_sd3(folder: Path, **kwargs) -> Path:
     return folder
 
 
-def save_clip(folder: Path, **kwargs) -> Path:
-    model, processor = clip_model(**kwargs)
+def save_with_processor(folder: Path, model, processor) -> Path:
+    """A model (safetensors) and its processor, saved into one folder as the loaders expect."""
     model.save_pretrained(str(folder), safe_serialization=True)
     processor.save_pretrained(str(folder))
     return folder
+
+
+def save_clip(folder: Path, **kwargs) -> Path:
+    return save_with_processor(folder, *clip_model(**kwargs))
 
 
 # ------------------------------------------------------------------------------------------ pytest fixtures
@@ -284,10 +288,7 @@ def clip_folder(tmp_path_factory) -> Path:
 
 
 def save_grounding_dino(folder: Path, **kwargs) -> Path:
-    model, processor = grounding_dino(**kwargs)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    processor.save_pretrained(str(folder))
-    return folder
+    return save_with_processor(folder, *grounding_dino(**kwargs))
 
 
 def save_aesthetic(folder: Path, **kwargs) -> Path:
@@ -390,10 +391,7 @@ def llava(seed: int = 0, image_size: int = 16, chat_template: str | None = VLM_C
 
 
 def save_llava(folder: Path, **kwargs) -> Path:
-    model, processor = llava(**kwargs)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    processor.save_pretrained(str(folder))
-    return folder
+    return save_with_processor(folder, *llava(**kwargs))
 
 
 @pytest.fixture(scope="session")
@@ -467,10 +465,7 @@ def instructblip(seed: int = 0, image_size: int = 16):
 
 
 def save_instructblip(folder: Path, **kwargs) -> Path:
-    model, processor = instructblip(**kwargs)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    processor.save_pretrained(str(folder))
-    return folder
+    return save_with_processor(folder, *instructblip(**kwargs))
 
 
 @pytest.fixture(scope="session")
