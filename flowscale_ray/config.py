@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 import types
 import typing
@@ -400,9 +399,6 @@ class BudgetConfig(_Mapping):
     )
 
     def __post_init__(self) -> None:
-        for name in ("c_d", "c_v"):
-            if not math.isfinite(getattr(self, name)):
-                raise _Invalid(f"must be a finite number, got {getattr(self, name)}", name)
         if self.unit == "compute" and self.c_d == 0 and self.c_v == 0:
             raise _Invalid("with unit: compute, c_d or c_v must be > 0 (every search would be free)", "c_v")
         if self.mode == "per_prompt":
@@ -417,10 +413,6 @@ class BudgetConfig(_Mapping):
                 raise _Invalid("required with mode: dataset", name)
         if self.target_reward is None and self.target_held_out is None:
             raise _Invalid("dataset needs a stopping rule: set target_reward and/or target_held_out", "mode")
-        for name in ("mean_nfe", "target_reward", "target_held_out"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise _Invalid(f"must be a finite number, got {value}", name)
         if self.base_nfe is not None and self.mean_nfe is not None and self.base_nfe > self.mean_nfe:
             raise _Invalid(
                 f"must be <= mean_nfe ({self.mean_nfe:g}): every prompt's first round is paid first", "base_nfe"
