@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -11,6 +10,7 @@ from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution import ParticleEngine
 from flowscale_ray.models.base import FlowModel
 from flowscale_ray.search.base import SearchMethod
+from flowscale_ray.search.plan import DryRun
 from flowscale_ray.search.protocol import (
     STREAM_INIT,
     Batch,
@@ -20,7 +20,6 @@ from flowscale_ray.search.protocol import (
     Move,
     NoiseKey,
     SearchContext,
-    SearchOutcome,
 )
 
 
@@ -38,48 +37,19 @@ def sample_with_engine(model: FlowModel, spec: SamplerSpec, n: int, prompt_id: s
     return samples.to(torch.float64), eng
 
 
-class ScriptedRun:
-    """Drives a method's generator without any model: each created particle gets a reward from
-    `reward_fn(pid, parent_pid or None, s, request)`, and NFE is charged by the engine's rules (a step from
-    a state whose velocity is not cached costs 1, every evaluated state at s > 0 costs 1)."""
+class ScriptedRun(DryRun):
+    """Drives a method's generator without any model (`search.plan.DryRun`, the executors' NFE rule): each
+    created particle gets a reward from `reward_fn(pid, parent_pid or None, s, request)`. Stricter than the
+    executors in one way: an expand must start from a particle of an earlier batch."""
 
     def __init__(self, method: SearchMethod, grid: tuple[float, ...], reward_fn: Callable, seed: int = 0) -> None:
-        self.method, self.grid, self.reward_fn, self.seed = method, grid, reward_fn, seed
-        self.batches: list[Batch] = []
-        self.live: set[int] = set()
-        self.nfe = 0
-        self.max_live = 0
+        super().__init__(method, SearchContext(grid=grid), reward_fn, seed)
+        self.grid = grid
 
-    def run(self) -> SearchOutcome:
-        gen = self.method.search(SearchContext(grid=self.grid), self.seed)
-        batch = next(gen)
-        while True:
-            self.batches.append(batch)
-            evals: dict[int, Evaluation] = {}
-            for req in batch.inits:
-                assert req.pid not in self.live, "pid reused"
-                evals[req.pid] = self._eval(req, None, self.grid[0], 1)
-            for req in batch.expands:
-                assert req.parent in self.live, f"expand of unknown or released particle {req.parent}"
-                assert req.pid not in self.live, "pid reused"
-                s = req.moves[-1].s_to
-                cost = sum(1 for i, m in enumerate(req.moves) if i > 0 and not m.renoise) + (1 if s > 0 else 0)
-                evals[req.pid] = self._eval(req, req.parent, s, cost)
-            self.live |= set(evals)
-            self.max_live = max(self.max_live, len(self.live))
-            for pid in batch.release:
-                assert pid in self.live, f"release of unknown particle {pid}"
-                self.live.discard(pid)
-            try:
-                batch = gen.send(evals)
-            except StopIteration as stop:
-                return stop.value
-
-    def _eval(self, req: Init | Expand, parent: int | None, s: float, cost: int) -> Evaluation:
-        self.nfe += cost
-        score = req.score
-        reward = float(self.reward_fn(req.pid, parent, s, req)) if score else math.nan
-        return Evaluation(pid=req.pid, reward=reward, s=s, nfe=cost)
+    def _evaluate(self, batch: Batch) -> dict[int, Evaluation]:
+        for req in batch.expands:
+            assert req.parent in self.live, f"expand of unknown or released particle {req.parent}"
+        return super()._evaluate(batch)
 
 
 class LogLines(list):

@@ -1,6 +1,7 @@
 """What a method will spend, without a model: velocity evaluations (NFE) and verifier calls.
 
-`plan(method, ctx)` drives the method's generator against a stand-in executor that applies the executors' NFE
+`plan(method, ctx)` drives the method's generator against a stand-in executor (`DryRun`, also the scripted
+executor of the method tests) that applies the executors' NFE
 rule (protocol.py: an evaluated particle's velocity is cached and reused by its first move; every later move
 from a changed state, and the evaluation of every created state at s > 0, costs one velocity evaluation;
 renoising costs none) and answers each scored request with a reward drawn from a seeded generator. Verifier
@@ -17,12 +18,14 @@ c_v; SMC, SVDD, RBF N c_d + N c_v). `size_for_units` finds the largest NFE budge
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from flowscale_ray.search.protocol import Batch, Evaluation, SearchContext
+from flowscale_ray.search.protocol import Batch, Evaluation, Expand, Init, SearchContext, SearchOutcome
 
-__all__ = ["MAX_SIZED_NFE", "Costs", "Plan", "plan", "size_for_units"]
+__all__ = ["MAX_SIZED_NFE", "Costs", "DryRun", "Plan", "plan", "size_for_units"]
 
 MAX_SIZED_NFE = 100_000  # the largest NFE budget a compute-unit budget is sized to (plans are dry runs)
 
@@ -47,47 +50,90 @@ class Costs:
         return self.c_d * nfe + self.c_v * verifier_calls
 
 
-def plan(method, ctx: SearchContext, top_k: int = 1, seed: int = 0) -> Plan:
-    """Run `method`'s search against the stand-in executor; returns what it spent."""
-    rng = random.Random(seed)
-    cached: dict[int, bool] = {}  # pid -> velocity cached (evaluated state at s > 0)
-    times: dict[int, float] = {}
-    nfe = calls = 0
-    gen = method.search(ctx, seed)
-    try:
+RewardFn = Callable[[int, "int | None", float, "Init | Expand"], float]  # (pid, parent, s, request) -> reward
+
+
+class DryRun:
+    """A method's search driven against a stand-in executor, without a model.
+
+    NFE are charged by the executors' rule (see the module docstring). Each scored request gets
+    `reward(pid, parent, s, request)` (default: a draw from a generator seeded by `seed`), an unscored one NaN.
+    Protocol violations (a reused pid, an expand or release of an unknown or released particle) raise ValueError.
+    After `run`: `batches` (every batch the method yielded), `nfe`, `verifier_calls` (scored requests), `live`
+    (pids not released) and `max_live`."""
+
+    def __init__(self, method, ctx: SearchContext, reward: RewardFn | None = None, seed: int = 0) -> None:
+        self.method, self.ctx, self.seed = method, ctx, seed
+        if reward is None:
+            rng = random.Random(seed)
+            reward = lambda pid, parent, s, req: rng.gauss(0.0, 1.0)  # noqa: E731
+        self.reward = reward
+        self.batches: list[Batch] = []
+        self.nfe = self.verifier_calls = self.max_live = 0
+        self._cached: dict[int, bool] = {}  # live pid -> velocity cached (an evaluated state at s > 0)
+        self._times: dict[int, float] = {}  # live pid -> time of its state
+
+    @property
+    def live(self) -> set[int]:
+        return set(self._times)
+
+    def run(self) -> SearchOutcome:
+        gen = self.method.search(self.ctx, self.seed)
         batch: Batch = next(gen)
         while True:
-            evals: dict[int, Evaluation] = {}
-            first_move_paid: set[int] = set()  # children of one uncached parent share its evaluation
-            for init in batch.inits:
-                s = ctx.grid[0]
-                cached[init.pid], times[init.pid] = True, s
-                nfe += 1
-                calls += init.score
-                evals[init.pid] = Evaluation(init.pid, rng.gauss(0.0, 1.0) if init.score else float("nan"), s, 1)
-            for exp in batch.expands:
-                spent, ok, s = 0, cached[exp.parent], times[exp.parent]
-                for r, move in enumerate(exp.moves):
-                    if not move.renoise and not ok:
-                        if r > 0 or exp.parent not in first_move_paid:
-                            spent += 1
-                        if r == 0:
-                            first_move_paid.add(exp.parent)
-                    ok, s = False, move.s_to
-                if not ok and s > 0:
-                    spent, ok = spent + 1, True
-                cached[exp.pid], times[exp.pid] = ok, s
-                nfe += spent
-                calls += exp.score
-                evals[exp.pid] = Evaluation(exp.pid, rng.gauss(0.0, 1.0) if exp.score else float("nan"), s, spent)
+            self.batches.append(batch)
+            evals = self._evaluate(batch)
+            self.max_live = max(self.max_live, len(self._times))
             for pid in batch.release:
-                cached.pop(pid, None)
-                times.pop(pid, None)
-            batch = gen.send(evals)
-    except StopIteration as stop:
-        outcome = stop.value
+                if pid not in self._times:
+                    raise ValueError(f"release of unknown particle {pid}")
+                del self._times[pid], self._cached[pid]
+            try:
+                batch = gen.send(evals)
+            except StopIteration as stop:
+                return stop.value
+
+    def _evaluate(self, batch: Batch) -> dict[int, Evaluation]:
+        evals: dict[int, Evaluation] = {}
+        first_move_paid: set[int] = set()  # children of one uncached parent share its evaluation
+        for init in batch.inits:
+            self._new(init.pid)
+            evals[init.pid] = self._evaluated(init, None, self.ctx.grid[0], 1, cached=True)
+        for exp in batch.expands:
+            if exp.parent not in self._times:
+                raise ValueError(f"expand of unknown or released particle {exp.parent}")
+            self._new(exp.pid)
+            spent, ok, s = 0, self._cached[exp.parent], self._times[exp.parent]
+            for r, move in enumerate(exp.moves):
+                if not move.renoise and not ok:
+                    if r > 0 or exp.parent not in first_move_paid:
+                        spent += 1
+                    if r == 0:
+                        first_move_paid.add(exp.parent)
+                ok, s = False, move.s_to
+            if not ok and s > 0:
+                spent, ok = spent + 1, True
+            evals[exp.pid] = self._evaluated(exp, exp.parent, s, spent, cached=ok)
+        return evals
+
+    def _new(self, pid: int) -> None:
+        if pid in self._times:
+            raise ValueError(f"pid {pid} reused")
+
+    def _evaluated(self, req: Init | Expand, parent: int | None, s: float, spent: int, cached: bool) -> Evaluation:
+        self._cached[req.pid], self._times[req.pid] = cached, s
+        self.nfe += spent
+        self.verifier_calls += req.score
+        reward = float(self.reward(req.pid, parent, s, req)) if req.score else math.nan
+        return Evaluation(req.pid, reward, s, spent)
+
+
+def plan(method, ctx: SearchContext, top_k: int = 1, seed: int = 0) -> Plan:
+    """Run `method`'s search against the stand-in executor (`DryRun`); returns what it spent."""
+    run = DryRun(method, ctx, seed=seed)
+    outcome = run.run()
     finals = min(top_k, 1 + len([p for p in outcome.selected if p != outcome.best]))
-    return Plan(nfe=nfe, verifier_calls=calls + finals)
+    return Plan(nfe=run.nfe, verifier_calls=run.verifier_calls + finals)
 
 
 def size_for_units(method, units: float, costs: Costs, ctx: SearchContext, top_k: int = 1):
