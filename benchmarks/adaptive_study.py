@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import save
+from benchmarks.common import mean_se, save
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
 from flowscale_ray.models import build_model
@@ -86,11 +86,6 @@ def run_mixture(rare: str, name: str, settings: dict[str, Any], nfe: int, prompt
         "hit": (model.component_of(samples) == model.rare_index).double().tolist(),  # type: ignore[attr-defined]
         "seconds": seconds,
     }
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std() / len(values) ** 0.5).item() if len(values) > 1 else 0.0
 
 
 def summary(row: dict) -> dict:

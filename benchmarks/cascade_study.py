@@ -26,13 +26,12 @@ Writes benchmarks/results/cascade_tune.{json,md} and cascade_eval.{json,md}.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Any
 
 import torch
 
-from benchmarks.common import save
+from benchmarks.common import mean_se, save
 from flowscale_ray.builtin import counting, shapes
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
@@ -93,11 +92,6 @@ def configurations(order: str) -> list[tuple[str, dict[str, Any] | None, str | N
 def cascade(order: str, options: dict[str, Any]) -> Cascade:
     o = ORDERS[order]
     return Cascade({"name": o["cheap"]}, {"name": o["expensive"]}, floor=FLOOR[order], **options)
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std() / math.sqrt(len(values))).item() if len(values) > 1 else 0.0
 
 
 def evaluate(order: str, cands: dict[str, torch.Tensor], prompts: dict[str, Prompt]) -> list[dict[str, Any]]:

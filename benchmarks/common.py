@@ -61,3 +61,9 @@ def bench_report(args) -> dict[str, Any]:
         if bench(args) != 0:
             raise SystemExit(2)
         return json.loads(Path(args.out).read_text())
+
+
+def mean_se(values, single: float = 0.0) -> tuple[float, float]:
+    """Mean and standard error (unbiased std / sqrt(n)) of `values`; the error of a single value is `single`."""
+    t = torch.as_tensor(list(values), dtype=torch.float64)
+    return t.mean().item(), (t.std() / len(t) ** 0.5).item() if len(t) > 1 else single

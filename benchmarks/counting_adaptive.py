@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, save
+from benchmarks.common import RESULTS, mean_se, save
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 BUDGETS = (50, 100, 300, 500, 1000)
@@ -319,13 +319,12 @@ def tune(args) -> None:
 
 def paired(a: dict[str, list[float]], b: dict[str, list[float]]) -> tuple[float, float]:
     """Mean and standard error over prompts of (a - b), each prompt's values averaged over its seeds first."""
-    diffs = np.array([np.mean(a[p]) - np.mean(b[p]) for p in a])
-    return float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(len(diffs)))
+    return mean_se(np.mean(a[p]) - np.mean(b[p]) for p in a)
 
 
 def per_prompt_mean(values: dict[str, list[float]]) -> tuple[float, float]:
-    means = np.array([np.mean(v) for v in values.values()])
-    return float(means.mean()), float(means.std(ddof=1) / math.sqrt(len(means)))
+    """Mean and standard error over prompts, each prompt's values averaged over its seeds first."""
+    return mean_se(np.mean(v) for v in values.values())
 
 
 def replayed(traces: list[dict], method: str, budget: int, cps: tuple[float, ...], keep: float) -> dict | None:

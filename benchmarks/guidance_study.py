@@ -19,13 +19,12 @@ unguided counterpart of each row, with their standard errors. Writes benchmarks/
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Any
 
 import torch
 
-from benchmarks.common import save
+from benchmarks.common import mean_se, save
 from benchmarks.sampler_sweep import tuning_prompts
 from flowscale_ray.builtin import counting, shapes
 from flowscale_ray.core.dynamics import SamplerSpec
@@ -79,13 +78,8 @@ def run(model, given, held, name: str, budget: int | None, spec: SamplerSpec, ta
     }
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std() / math.sqrt(len(t))).item() if len(t) > 1 else float("nan")
-
-
 def fmt(values: list[float], digits: int = 2) -> str:
-    m, se = mean_se(values)
+    m, se = mean_se(values, single=float("nan"))
     return f"{m:.{digits}f} ± {se:.{digits}f}"
 
 
