@@ -188,3 +188,15 @@ def test_validate_states_the_planned_cost_and_a_run_logs_the_measured_one(tmp_pa
     with LogLines() as logs:
         run_job(job)
     assert any(m.startswith("measured cost: ") and "per verifier call" in m for m in logs)
+
+
+def test_validate_describes_a_dataset_budget_in_compute_units_as_the_run_charges_it(tmp_path):
+    from flowscale_ray.config import load_job
+    from flowscale_ray.run.validate import validate_job
+
+    budget = {"mode": "dataset", "unit": "compute", "c_d": 1.0, "c_v": 1.0, "mean_nfe": 60, "base_nfe": 20}
+    job = load_job(_job(tmp_path, {**budget, "target_reward": 0.0}))
+    (line,) = [x for x in validate_job(job) if x.lstrip().startswith("budget")]
+    # 20 units buy RBF one chain of 9 NFE (a start and 8 candidates, 6 steps): 9 NFE + 10 verifier calls = 19 units
+    assert "60 compute units per prompt on average" in line and "first round 19 compute units" in line
+    assert "'nfe_budget': 9" in line

@@ -23,7 +23,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from flowscale_ray.config import JobConfig
 from flowscale_ray.execution import TaskResult
+from flowscale_ray.search.base import SearchMethod
+from flowscale_ray.search.plan import sized
+from flowscale_ray.search.protocol import SearchContext
 
 STOP_SOLVED = "solved"  # reached the target
 STOP_BUDGET = "budget"  # the block's budget could not buy another round
@@ -185,3 +189,10 @@ class BlockBudget:
         for p in self.prompts.values():  # nothing left to buy: whoever is still short stopped for the budget
             if p.stop is None:
                 p.stop = STOP_BUDGET
+
+
+def sized_for_job(job: JobConfig, method: SearchMethod, amount: float) -> SearchMethod:
+    """`method` set up for `amount` of the job's budget unit (NFE or compute units); what `flowscale run` runs and
+    `flowscale validate` describes."""
+    ctx = SearchContext(grid=job.sampler.grid_times())
+    return sized(method, amount, job.budget.unit, job.budget.costs, ctx, job.output.top_k)

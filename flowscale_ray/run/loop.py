@@ -22,12 +22,13 @@ from flowscale_ray.io.storage import Redactor
 from flowscale_ray.logs import get_logger, redacting
 from flowscale_ray.observe.recorder import NULL_RECORDER, Recorder
 from flowscale_ray.prompts import Prompt
+from flowscale_ray.run.budget import BlockBudget, Target, sized_for_job
 from flowscale_ray.run.components import load_prompts, resolve_sampler_shift
 from flowscale_ray.run.executors import open_executor
 from flowscale_ray.run.output import RunOutput
 from flowscale_ray.run.tables import format_table
 from flowscale_ray.search.base import SearchMethod
-from flowscale_ray.search.plan import planned_cost, sized
+from flowscale_ray.search.plan import planned_cost
 
 log = get_logger(__name__)
 
@@ -62,7 +63,7 @@ def run_job(job: JobConfig, base_dir: Path | None = None) -> RunReport:
             return RunReport(job.run_id, output.uri, len(prompts), 0, done, 0.0, 0, 0)
         method = job.method.build()
         if job.budget.per_prompt is not None:  # sized to the budget (in NFE or compute units)
-            method = _sized(job, method, job.budget.per_prompt)
+            method = sized_for_job(job, method, job.budget.per_prompt)
         with open_executor(job) as executor:
             return _run(job, prompts, output, method, executor, redact)
 
@@ -167,12 +168,11 @@ def _dataset_budget(
 ) -> Iterator[tuple[int, TaskResult | Exception]]:
     """The dataset budget (flowscale_ray.run.budget): block by block (one output shard each), waves of rounds
     until the block's budget is spent; yields each prompt's merged result when its block is done."""
-    from flowscale_ray.run.budget import BlockBudget, Target
 
     cfg = job.budget
     assert cfg.mean_nfe is not None and cfg.base_nfe is not None and cfg.per_round is not None  # validated
     ctx = executor.context
-    first, later = _sized(job, method, cfg.base_nfe), _sized(job, method, cfg.per_round)
+    first, later = sized_for_job(job, method, cfg.base_nfe), sized_for_job(job, method, cfg.per_round)
     target = Target(cfg.target_reward, cfg.target_held_out)
     # Charged per round: exactly what it will spend (planned NFE, or planned compute units).
     costs = (
@@ -205,14 +205,6 @@ def _dataset_budget(
             recorder.prompt_allocated(p.nfe, p.rounds, p.stop or "budget")
             output.allocation(i, p.rounds, p.stop)
             yield i, (p.merged() if p.best is not None else p.error or RuntimeError("no result"))
-
-
-def _sized(job: JobConfig, method: SearchMethod, amount: float) -> SearchMethod:
-    """`method` set up for `amount` of the job's budget unit (validated when the job was loaded)."""
-    from flowscale_ray.search.protocol import SearchContext
-
-    ctx = SearchContext(grid=job.sampler.grid_times())
-    return sized(method, amount, job.budget.unit, job.budget.costs, ctx, job.output.top_k)
 
 
 def run_prompts(

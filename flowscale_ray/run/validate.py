@@ -6,8 +6,10 @@ import dataclasses
 from pathlib import Path
 
 from flowscale_ray.config import JobConfig
+from flowscale_ray.run.budget import sized_for_job
 from flowscale_ray.run.components import PROBES, build_components, load_prompts, resolve_sampler_shift
 from flowscale_ray.run.output import RunOutput
+from flowscale_ray.search.plan import plan, planned_cost
 from flowscale_ray.search.protocol import SearchContext
 
 
@@ -26,13 +28,12 @@ def validate_job(job: JobConfig, base_dir: Path | None = None, source: str = "jo
         f"  output  {output.writer.root} ({output.num_shards} shards of {job.output.shard_size} prompts): {state}",
     ]
     b = job.budget
+    ctx = SearchContext(grid=job.sampler.grid_times())
+    unit = "NFE" if b.unit == "nfe" else "compute units"
     if b.mode == "per_prompt":
-        from flowscale_ray.search.plan import plan, sized
-
-        ctx = SearchContext(grid=job.sampler.grid_times())
         method = job.method.build()
         if b.per_prompt is not None:
-            method = sized(method, b.per_prompt, b.unit, b.costs, ctx, job.output.top_k)
+            method = sized_for_job(job, method, b.per_prompt)
         cost = plan(method, ctx, job.output.top_k)
         lines.append(
             f"  cost    per prompt: {cost.nfe} NFE, {cost.verifier_calls} verifier calls = {cost.units(b.costs):g} "
@@ -40,12 +41,12 @@ def validate_job(job: JobConfig, base_dir: Path | None = None, source: str = "jo
             + (f"; sized to budget.per_prompt {b.per_prompt:g} {b.unit}: {method.settings()}" if b.per_prompt else "")
         )
     if b.mode == "dataset" and b.base_nfe is not None and b.per_round is not None and b.mean_nfe is not None:
-        ctx = SearchContext(grid=job.sampler.grid_times())
         method = job.method.build()
-        first, later = method.with_budget(b.base_nfe, ctx), method.with_budget(b.per_round, ctx)
+        first, later = sized_for_job(job, method, b.base_nfe), sized_for_job(job, method, b.per_round)
+        charge = [planned_cost(m, b.unit, b.costs, ctx, job.output.top_k) for m in (first, later)]
         lines.append(
-            f"  budget  dataset: {b.mean_nfe:g} NFE per prompt on average within each shard; first round "
-            f"{first.planned_nfe(ctx)} NFE {first.settings()}, later rounds {later.planned_nfe(ctx)} NFE "
+            f"  budget  dataset: {b.mean_nfe:g} {unit} per prompt on average within each shard; first round "
+            f"{charge[0]:g} {unit} {first.settings()}, later rounds {charge[1]:g} {unit} "
             f"{later.settings()}, at most {b.max_rounds} rounds; stop at "
             + " and ".join(
                 f"{k} >= {v:g}"
