@@ -680,7 +680,7 @@ class JobConfig(_Mapping):
             if amount is None:
                 continue
             try:
-                sized(method, amount, budget.unit, budget.costs, ctx, self.output.top_k).planned_nfe(ctx)
+                sized(method, amount, budget.unit, budget.costs, ctx, self.output.top_k, self.sampler.guided_moves())
             except ValueError as exc:
                 raise _Invalid(f"{exc} (method {self.method.name}, {ctx.steps} steps)", f"budget.{name}") from None
 

@@ -200,3 +200,71 @@ def test_validate_describes_a_dataset_budget_in_compute_units_as_the_run_charges
     # 20 units buy RBF one chain of 9 NFE (a start and 8 candidates, 6 steps): 9 NFE + 10 verifier calls = 19 units
     assert "60 compute units per prompt on average" in line and "first round 19 compute units" in line
     assert "'nfe_budget': 9" in line
+
+
+# -- reward-gradient guidance in the plans ------------------------------------------------------------------------
+
+
+class Recording:
+    """`method` with every reward it is sent recorded by pid (to replay a real search in the dry run)."""
+
+    def __init__(self, method) -> None:
+        self.method, self.name, self.rewards, self.seed = method, method.name, {}, 0
+
+    def planned_nfe(self, ctx):
+        return self.method.planned_nfe(ctx)
+
+    def search(self, ctx, seed):
+        self.seed = seed  # the decision seed the executor derived
+        gen = self.method.search(ctx, seed)
+        batch = next(gen)
+        while True:
+            evals = yield batch
+            self.rewards.update({pid: e.reward for pid, e in evals.items()})
+            try:
+                batch = gen.send(evals)
+            except StopIteration as stop:
+                return stop.value
+
+
+GUIDED = SamplerSpec(steps=6, guidance={"scale": 0.5, "steps": (1, 5)})
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_the_plan_charges_guidance_gradients_as_the_executor_does(name):
+    """Given the rewards the real search saw, the dry run charges exactly the NFE the executor charged, the reward
+    gradients included (once per state a guided move leaves)."""
+    from flowscale_ray.search.plan import DryRun
+
+    reward = build_reward("negative_squared_distance", {"target": [0.5, -3.5]})
+    ex = InProcessExecutor(ParticleEngine(build_model("gmm2d"), GUIDED), reward, in_flight=1)
+    method = METHODS[name](METHODS[name].Config(**SETTINGS[name]))
+    for seed in range(3):
+        recorded = Recording(method)
+        (result,) = ex.run([SearchTask(Prompt("p", "x"), recorded, seed=seed)])  # type: ignore[arg-type]
+        rewards = recorded.rewards
+        replay = DryRun(method, ex.context, lambda pid, *_: rewards[pid], recorded.seed, GUIDED.guided_moves())
+        replay.run()
+        assert replay.gradients > 0 and result.nfe > method.planned_nfe(ex.context)
+        assert replay.nfe == result.nfe, (name, seed)
+
+
+def test_a_guided_job_is_sized_to_its_nfe_budget_gradients_included(tmp_path):
+    from flowscale_ray.config import ConfigError, load_job
+    from flowscale_ray.run import run_job
+    from flowscale_ray.run.validate import validate_job
+
+    sampler = {"preset": "vp-sde", "steps": 6, "guidance": {"scale": 0.5}}
+    job = {
+        **_job(tmp_path, {"per_prompt": 60}),
+        "sampler": sampler,
+        "reward": {"name": "negative_squared_distance", "options": {"target": [0.5, -3.5]}},
+    }
+    loaded = load_job(job)
+    (cost,) = [line for line in validate_job(loaded) if line.lstrip().startswith("cost")]
+    run_job(loaded)
+    rows = _rows(tmp_path)
+    assert len(rows) == 6 and all(50 < r["nfe"] <= 60 for r in rows)  # what it was charged, gradients included
+    assert f" {rows[0]['nfe']} NFE" in cost  # validate states the charge the run made
+    with pytest.raises(ConfigError, match=r"budget\.per_prompt.*guided search"):
+        load_job({**job, "budget": {"per_prompt": 8}})

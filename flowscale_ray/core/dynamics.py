@@ -15,6 +15,7 @@ Final step to s=0 ('final_step'):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ from flowscale_ray.core.conversions import (
     velocity_to_x0,
 )
 from flowscale_ray.core.diffusion import DIFFUSION_SCHEDULES, diffusion_coefficient
-from flowscale_ray.core.guidance import GuidanceSpec
+from flowscale_ray.core.guidance import GuidanceSpec, step_index
 from flowscale_ray.core.interpolants import INTERPOLANTS, Interpolant, get_interpolant
 from flowscale_ray.core.timegrid import TIME_GRIDS, time_grid
 
@@ -95,6 +96,14 @@ class SamplerSpec:
 
     def grid_times(self) -> tuple[float, ...]:
         return time_grid(self.grid, self.steps, self.shift)
+
+    def guided_moves(self) -> Callable[[float], bool] | None:
+        """Whether a move starting at time s is a guided step (None without guidance): what the executors charge
+        gradients by and the plans count them by (search.plan)."""
+        if self.guidance is None or not self.guided:
+            return None
+        grid, guidance = self.grid_times(), self.guidance
+        return lambda s: guidance.guides(step_index(s, grid), len(grid) - 1)
 
 
 class Dynamics:

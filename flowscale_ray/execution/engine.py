@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from flowscale_ray.core.dynamics import Dynamics, SamplerSpec
-from flowscale_ray.core.guidance import GUIDED_STEP_NFE, reward_gradient, step_index
+from flowscale_ray.core.guidance import GUIDED_STEP_NFE, reward_gradient
 from flowscale_ray.core.noise import SeedDeriver, standard_normal
 from flowscale_ray.models.base import Condition, FlowModel, cat_conditions
 from flowscale_ray.prompts import Prompt
@@ -79,6 +79,7 @@ class ParticleEngine:
         self.model = model
         self.spec = spec
         self.grid = spec.grid_times()
+        self._guided_moves = spec.guided_moves()  # whether a move from time s is a guided step (None: no guidance)
         self.dynamics = Dynamics(spec, model.interpolant)
         self.micro_batch = micro_batch
         self.chunk = micro_batch or DEFAULT_CHUNK  # rows in every velocity (and gradient) call
@@ -182,8 +183,7 @@ class ParticleEngine:
 
     # -- guidance ----------------------------------------------------------------------------------------------
     def _guided(self, s: float) -> bool:
-        g = self.spec.guidance
-        return g is not None and g.guides(step_index(s, self.grid), len(self.grid) - 1)
+        return self._guided_moves is not None and self._guided_moves(s)
 
     def _gradients(self, rows: list[tuple[TaskKey, Particle]]) -> None:
         """Compute and cache grad_x r(x0_hat(x)) of the given particles (pooled, in micro-batches when set)."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from flowscale_ray.config import JobConfig
 from flowscale_ray.execution import TaskResult
 from flowscale_ray.search.base import SearchMethod
-from flowscale_ray.search.plan import sized
+from flowscale_ray.search.plan import planned_cost, sized
 from flowscale_ray.search.protocol import SearchContext
 
 STOP_SOLVED = "solved"  # reached the target
@@ -192,7 +192,13 @@ class BlockBudget:
 
 
 def sized_for_job(job: JobConfig, method: SearchMethod, amount: float) -> SearchMethod:
-    """`method` set up for `amount` of the job's budget unit (NFE or compute units); what `flowscale run` runs and
-    `flowscale validate` describes."""
+    """`method` set up for `amount` of the job's budget unit (NFE or compute units, reward gradients included);
+    what `flowscale run` runs and `flowscale validate` describes."""
     ctx = SearchContext(grid=job.sampler.grid_times())
-    return sized(method, amount, job.budget.unit, job.budget.costs, ctx, job.output.top_k)
+    return sized(method, amount, job.budget.unit, job.budget.costs, ctx, job.output.top_k, job.sampler.guided_moves())
+
+
+def job_cost(job: JobConfig, method: SearchMethod) -> float:
+    """What one search of `method` is charged in the job's budget unit (reward gradients included)."""
+    ctx = SearchContext(grid=job.sampler.grid_times())
+    return planned_cost(method, job.budget.unit, job.budget.costs, ctx, job.output.top_k, job.sampler.guided_moves())

@@ -22,7 +22,7 @@ from flowscale_ray.io.storage import Redactor
 from flowscale_ray.logs import get_logger, redacting
 from flowscale_ray.observe.recorder import NULL_RECORDER, Recorder
 from flowscale_ray.prompts import Prompt
-from flowscale_ray.run.budget import BlockBudget, Target, sized_for_job
+from flowscale_ray.run.budget import BlockBudget, Target, job_cost, sized_for_job
 from flowscale_ray.run.components import load_prompts, resolve_sampler_shift
 from flowscale_ray.run.executors import open_executor
 from flowscale_ray.run.output import RunOutput
@@ -77,7 +77,7 @@ def _run(
     redact: Callable[[str], str],
 ) -> RunReport:
     todo = output.begin(executor.model_id, method.settings())
-    planned = method.planned_nfe(executor.context)
+    planned = int(planned_cost(method, "nfe", job.budget.costs, executor.context, 1, job.sampler.guided_moves()))
     spend = f"{planned} NFE/prompt"
     b = job.budget
     if b.mode == "dataset" and b.mean_nfe is not None:
@@ -171,14 +171,10 @@ def _dataset_budget(
 
     cfg = job.budget
     assert cfg.mean_nfe is not None and cfg.base_nfe is not None and cfg.per_round is not None  # validated
-    ctx = executor.context
     first, later = sized_for_job(job, method, cfg.base_nfe), sized_for_job(job, method, cfg.per_round)
     target = Target(cfg.target_reward, cfg.target_held_out)
     # Charged per round: exactly what it will spend (planned NFE, or planned compute units).
-    costs = (
-        planned_cost(first, cfg.unit, cfg.costs, ctx, job.output.top_k),
-        planned_cost(later, cfg.unit, cfg.costs, ctx, job.output.top_k),
-    )
+    costs = (job_cost(job, first), job_cost(job, later))
     for shard in sorted({output.shard_of(i) for i in todo}):
         block = [i for i in todo if output.shard_of(i) == shard]
         budget = BlockBudget(block, cfg.mean_nfe, *costs, target, cfg.max_rounds)

@@ -6,10 +6,10 @@ import dataclasses
 from pathlib import Path
 
 from flowscale_ray.config import JobConfig
-from flowscale_ray.run.budget import sized_for_job
+from flowscale_ray.run.budget import job_cost, sized_for_job
 from flowscale_ray.run.components import PROBES, build_components, load_prompts, resolve_sampler_shift
 from flowscale_ray.run.output import RunOutput
-from flowscale_ray.search.plan import plan, planned_cost
+from flowscale_ray.search.plan import plan
 from flowscale_ray.search.protocol import SearchContext
 
 
@@ -34,7 +34,7 @@ def validate_job(job: JobConfig, base_dir: Path | None = None, source: str = "jo
         method = job.method.build()
         if b.per_prompt is not None:
             method = sized_for_job(job, method, b.per_prompt)
-        cost = plan(method, ctx, job.output.top_k)
+        cost = plan(method, ctx, job.output.top_k, guided=job.sampler.guided_moves())
         lines.append(
             f"  cost    per prompt: {cost.nfe} NFE, {cost.verifier_calls} verifier calls = {cost.units(b.costs):g} "
             f"compute units (c_d {b.c_d:g}, c_v {b.c_v:g})"
@@ -43,7 +43,7 @@ def validate_job(job: JobConfig, base_dir: Path | None = None, source: str = "jo
     if b.mode == "dataset" and b.base_nfe is not None and b.per_round is not None and b.mean_nfe is not None:
         method = job.method.build()
         first, later = sized_for_job(job, method, b.base_nfe), sized_for_job(job, method, b.per_round)
-        charge = [planned_cost(m, b.unit, b.costs, ctx, job.output.top_k) for m in (first, later)]
+        charge = [job_cost(job, m) for m in (first, later)]
         lines.append(
             f"  budget  dataset: {b.mean_nfe:g} {unit} per prompt on average within each shard; first round "
             f"{charge[0]:g} {unit} {first.settings()}, later rounds {charge[1]:g} {unit} "
