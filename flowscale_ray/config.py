@@ -202,13 +202,26 @@ class ExecutorConfig(_Mapping):
     reward_actors: int = Field(default=0, ge=0, description="ray only: reward actors (0: rewards run in the replicas)")
     call_timeout_s: float = Field(default=600.0, gt=0, description="seconds before a model call counts as failed")
     max_restarts: int = Field(default=3, ge=0, description="restarts of a failed replica")
+    drivers: int = Field(
+        default=1,
+        ge=1,
+        description="ray only: driver shards splitting the prompts; replicas, reward_actors and "
+        "in_flight are shared out among them",
+    )
 
     def __post_init__(self) -> None:
         if self.kind == "inprocess":
-            ray_only = {"address": None, "replicas": 1, "num_gpus": 0.0, "reward_actors": 0}
+            ray_only = {"address": None, "replicas": 1, "num_gpus": 0.0, "reward_actors": 0, "drivers": 1}
             for name, default in ray_only.items():
                 if getattr(self, name) != default:
                     raise _Invalid("only used with kind: ray", name)
+        for name in ("replicas", "reward_actors"):
+            if getattr(self, name) % self.drivers:
+                raise _Invalid(
+                    f"must be a multiple of drivers ({self.drivers}): each driver gets an equal share, got "
+                    f"{getattr(self, name)}",
+                    name,
+                )
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -19,13 +19,16 @@ def read(path) -> list[dict]:
     return sorted(ds.dataset(str(path), format="parquet").to_table().to_pylist(), key=lambda r: r["prompt_id"])
 
 
-def test_a_prompt_whose_search_raises_gets_a_failed_row_on_ray(tmp_path, local_ray):
+@pytest.mark.parametrize("drivers", [1, 2])
+def test_a_prompt_whose_search_raises_gets_a_failed_row_on_ray(tmp_path, local_ray, drivers):
+    """With `drivers: 2` the prompts are split over two driver actors (runtime.sharded), one replica each: the
+    same rows, each prompt once, the search's own error in the failed row, and a rerun finds the run complete."""
     prompts = [{"prompt": t, "id": t} for t in ("one", "two", "bad", "four", "five")]
     prompts[2]["explode"] = True  # the reward raises for this prompt (on the replica, inside the search)
 
     def doc(out, kind):
         executor = {"in_flight": 3} if kind == "inprocess" else {
-            "kind": "ray", "replicas": 2, "in_flight": 3, "num_cpus": 0.5, "micro_batch": 8,
+            "kind": "ray", "replicas": 2, "in_flight": 3, "num_cpus": 0.5, "micro_batch": 8, "drivers": drivers,
         }  # fmt: skip
         d = job_doc(tmp_path / out, prompts=prompts, executor=executor)
         if kind == "inprocess":
@@ -37,7 +40,9 @@ def test_a_prompt_whose_search_raises_gets_a_failed_row_on_ray(tmp_path, local_r
     ray_rows, local_rows = read(tmp_path / "ray" / "toy" / "data"), read(tmp_path / "local" / "toy" / "data")
     assert [r["status"] for r in ray_rows] == ["failed", "ok", "ok", "ok", "ok"]  # bad, five, four, one, two
     assert ray_rows[0]["prompt_id"] == "bad" and "boom" in ray_rows[0]["error"]
+    assert "ray::" not in ray_rows[0]["error"] and "\n" not in ray_rows[0]["error"]
     assert ray_report.failed == local_report.failed == 1
+    assert run_job(doc("ray", "ray"), base_dir=tmp_path).ran == 0  # complete: nothing run twice
     same = ("prompt_id", "status", "reward", "held_out", "nfe", "verifier_calls", "lineage", "image")
     for a, b in zip(ray_rows, local_rows, strict=True):
         assert {k: a[k] for k in same} == {k: b[k] for k in same}

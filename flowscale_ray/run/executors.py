@@ -7,6 +7,7 @@ runtime's driver, which builds them on its replicas. Both satisfy `flowscale_ray
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 
@@ -36,24 +37,36 @@ def open_executor(job: JobConfig) -> Iterator[Executor]:
     from flowscale_ray.runtime.cluster import start_ray
     from flowscale_ray.runtime.driver import RayExecutor, RuntimeFailure, RuntimeOptions
     from flowscale_ray.runtime.messages import ComponentSpec
+    from flowscale_ray.runtime.sharded import ShardedExecutor
 
     started_here = start_ray(cfg.address)
     where = "started a local Ray" if started_here else f"connected to {cfg.address or _ray_address()}"
-    log.info(f"ray: {where}; {cfg.replicas} model replica(s)")
+    drivers = f" over {cfg.drivers} drivers" if cfg.drivers > 1 else ""
+    log.info(f"ray: {where}; {cfg.replicas} model replica(s){drivers}")
 
     def spec(c: ComponentConfig) -> ComponentSpec:
         return ComponentSpec(c.name, dict(c.options))
 
     try:
+        args = (
+            spec(job.model),
+            job.sampler,
+            spec(job.reward),
+            spec(job.held_out) if job.held_out is not None else None,
+        )
+        options = RuntimeOptions.from_config(cfg)
         try:
-            ray_executor = RayExecutor(
-                spec(job.model),
-                job.sampler,
-                spec(job.reward),
-                spec(job.held_out) if job.held_out is not None else None,
-                RuntimeOptions.from_config(cfg),
-                top_k=job.output.top_k,
-            )
+            ray_executor: Executor
+            if cfg.drivers == 1:
+                ray_executor = RayExecutor(*args, options, top_k=job.output.top_k)
+            else:  # one job over several drivers, each with its share of the replicas (runtime.sharded)
+                share = dataclasses.replace(
+                    options,
+                    replicas=cfg.replicas // cfg.drivers,
+                    reward_actors=cfg.reward_actors // cfg.drivers,
+                    in_flight=-(-cfg.in_flight // cfg.drivers),
+                )
+                ray_executor = ShardedExecutor(*args, shards=cfg.drivers, options=share, top_k=job.output.top_k)
         except RuntimeFailure as exc:
             raise ConfigError("model", str(exc)) from None
         try:
