@@ -213,6 +213,28 @@ def test_smc_weights_follow_reward_increments_and_final_pick_options():
     assert by_weight.reward == 0.0
 
 
+def test_smc_start_leaves_the_first_steps_unscored_and_unresampled():
+    """start 0.5 on 10 steps: steps 0-4 are plain independent sampling (no reward asked, every child continues its
+    own chain), the weights start at step 5 and resampling happens from step 6; same NFE, fewer verifier calls."""
+    run = ScriptedRun(SMC(SMCConfig(n_particles=8, start=0.5)), GRID, random_rewards())
+    out = run.run()
+    full = ScriptedRun(SMC(SMCConfig(n_particles=8)), GRID, random_rewards())
+    full.run()
+    assert run.nfe == full.nfe == 8 * 10
+    assert run.verifier_calls == 8 * 5 and full.verifier_calls == 8 * 10  # steps 5-9 only
+    for k, batch in enumerate(run.batches):
+        reqs = batch.inits or batch.expands
+        assert all(r.score == (k >= 5) for r in reqs), k
+        if 1 <= k <= 5:  # no resampling yet: child i continues chain i
+            assert [e.parent for e in batch.expands] == [
+                r.pid for r in (run.batches[k - 1].inits or run.batches[k - 1].expands)
+            ]
+    assert not any(r.resampled for r in out.records[:5]) and all(r.resampled for r in out.records[5:])
+    assert SMC(SMCConfig(start=0.0)).config == SMCConfig()
+    with pytest.raises(ValueError, match=r"start: must be a fraction in \[0, 1\)"):
+        SMCConfig(start=1.0)
+
+
 def test_smc_final_pick_weight_is_the_last_increment_after_resampling():
     """With resampling at every step (threshold 1), the accumulated weight at the end is the last increment
     exp((r - r_parent)/lambda): the 'weight' pick (reference code) and the 'reward' pick (paper) differ."""

@@ -5,6 +5,11 @@ size is below `ess_threshold` x N, resample N ancestors and reset the weights. T
 sampler step (1 NFE for its look-ahead reward) and its weight is multiplied by exp((r - r_parent) / lambda).
 Weights live in log space.
 
+`start` (a fraction of the steps, default 0): before step round(start x steps) the particles are neither
+scored nor resampled, and the weights start there (w = exp(r / lambda) at that step). On rewards that say
+nothing about the final sample early (the counting task: docs/adaptive.md), resampling on them only throws
+diversity away; this keeps the first part of the chain plain independent sampling and saves its verifier calls.
+
 Final pick: 'reward' (default) returns the particle with the highest reward; 'weight' returns the one with
 the highest accumulated weight, as the reference code does.
 
@@ -48,9 +53,12 @@ class SMCConfig:
     ess_threshold: float = 1.0  # resample when ESS < ess_threshold * N
     resampling: str = "multinomial"
     final_pick: str = "reward"
+    start: float = 0.0  # fraction of the steps before the first scoring and resampling (0: from the start)
 
     def __post_init__(self) -> None:
         positive("n_particles", self.n_particles)
+        if not 0.0 <= self.start < 1.0:
+            raise ValueError(f"start: must be a fraction in [0, 1), got {self.start}")
         positive("temperature", self.temperature)
         if not 0.0 <= self.ess_threshold <= 1.0:
             raise ValueError(f"ess_threshold: must be in [0, 1], got {self.ess_threshold}")
@@ -77,17 +85,18 @@ class SMC(SearchMethod):
         gen = decision_generator(seed)
         resample = RESAMPLERS[c.resampling]
         new_pid = PidCounter()
-        inits = tuple(Init(new_pid(), NoiseKey(i, 0, 0, STREAM_INIT)) for i in range(n))
+        first = min(round(c.start * ctx.steps), len(times) - 1)  # the first step scored
+        inits = tuple(Init(new_pid(), NoiseKey(i, 0, 0, STREAM_INIT), score=first == 0) for i in range(n))
         evals = yield Batch(inits=inits)
         nfe = spent(evals)
         particles = [i.pid for i in inits]
         rewards = torch.tensor([evals[p].reward for p in particles], dtype=torch.float64)
-        log_w = rewards / c.temperature
+        log_w = rewards / c.temperature if first == 0 else torch.zeros(n, dtype=torch.float64)
         records: list[StepRecord] = []
         for k in range(1, len(times)):
             weights = normalize_log_weights(log_w)
             ess = effective_sample_size(weights)
-            resampled = ess < c.ess_threshold * n * (1.0 - 1e-9)
+            resampled = k > first and ess < c.ess_threshold * n * (1.0 - 1e-9)
             if resampled:
                 idx = resample(weights, n, gen).tolist()
                 parents = [particles[i] for i in idx]
@@ -96,14 +105,18 @@ class SMC(SearchMethod):
             else:
                 parents, parent_rewards = particles, rewards
             children = tuple(
-                Expand(new_pid(), parent=parents[i], moves=(Move(times[k], NoiseKey(i, k, 0)),)) for i in range(n)
+                Expand(new_pid(), parent=parents[i], moves=(Move(times[k], NoiseKey(i, k, 0)),), score=k >= first)
+                for i in range(n)
             )
             evals = yield Batch(expands=children, release=tuple(particles))
             step_nfe = spent(evals)
             nfe += step_nfe
             particles = [ch.pid for ch in children]
             rewards = torch.tensor([evals[p].reward for p in particles], dtype=torch.float64)
-            log_w = log_w + (rewards - parent_rewards) / c.temperature
+            if k == first:  # the weights start here
+                log_w = rewards / c.temperature
+            elif k > first:
+                log_w = log_w + (rewards - parent_rewards) / c.temperature
             records.append(
                 StepRecord(
                     step=k,
