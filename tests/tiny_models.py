@@ -471,3 +471,79 @@ def save_instructblip(folder: Path, **kwargs) -> Path:
 @pytest.fixture(scope="session")
 def instructblip_folder(tmp_path_factory) -> Path:
     return save_instructblip(tmp_path_factory.mktemp("vlm") / "tiny-instructblip")
+
+
+# ------------------------------------------------------------------------------------------------ ImageReward
+
+
+def image_reward_blip(seed: int = 0, image_size: int = 16):
+    """(BlipConfig, BlipVisionModel, BlipTextModel with cross-attention, MLP head state, BertTokenizer) of tiny
+    size: the parts of ImageReward (BLIP ViT + BLIP's BERT text encoder + the MLP head on its [CLS] output)."""
+    from transformers import BertTokenizer, BlipConfig, BlipTextModel, BlipVisionModel
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(DETECTOR_WORDS)})
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})  # as BLIP's init_tokenizer does
+    tokenizer.add_tokens(["[ENC]"], special_tokens=True)
+    vision = {
+        "hidden_size": 16,
+        "intermediate_size": 24,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": image_size,
+        "patch_size": 4,
+        "layer_norm_eps": 1e-6,
+        "initializer_range": 0.2,  # BLIP's default (1e-10) makes a random tower ignore the image
+    }
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "encoder_hidden_size": 16,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+        "pad_token_id": 0,
+        "bos_token_id": tokenizer.bos_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "initializer_range": 0.2,
+    }
+    config = BlipConfig(vision_config=vision, text_config=text)
+    vision_model = BlipVisionModel(config.vision_config).eval()
+    text_model = BlipTextModel(config.text_config, add_pooling_layer=False).eval()
+    g = torch.Generator().manual_seed(seed)
+    head = {}
+    for idx, (a, b) in zip((0, 2, 4, 6, 7), [(32, 24), (24, 12), (12, 8), (8, 4), (4, 1)], strict=True):
+        head[f"layers.{idx}.weight"] = torch.randn(b, a, generator=g) / a**0.5
+        head[f"layers.{idx}.bias"] = torch.randn(b, generator=g) * 0.1
+    return config, vision_model, text_model, head, tokenizer
+
+
+def save_image_reward(folder: Path, **kwargs) -> Path:
+    """A tiny ImageReward folder in the layout the image_reward reward loads (what its `convert` writes)."""
+    from safetensors.torch import save_file
+
+    from flowscale_ray.rewards.image_reward import CLIP_MEAN, CLIP_STD, image_processor_class
+
+    config, vision, text, head, tokenizer = image_reward_blip(**kwargs)
+    folder.mkdir(parents=True)
+    config.save_pretrained(str(folder))
+    weights = {f"vision_model.{k}": v for k, v in vision.state_dict().items()}
+    weights |= {f"text_encoder.{k}": v for k, v in text.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+    save_file(head, str(folder / "mlp.safetensors"))
+    size = config.vision_config.image_size
+    image_processor_class()(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        resample=3,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    ).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def image_reward_folder(tmp_path_factory) -> Path:
+    return save_image_reward(tmp_path_factory.mktemp("image-reward") / "tiny-image-reward")

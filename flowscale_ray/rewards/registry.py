@@ -25,6 +25,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "clip_score": "flowscale_ray.rewards.clip:ClipScore",
     "pickscore": "flowscale_ray.rewards.clip:PickScore",
     "hps": "flowscale_ray.rewards.clip:HPSv2",
+    "image_reward": "flowscale_ray.rewards.image_reward:ImageReward",
     "vqa_score": "flowscale_ray.rewards.vqa:VQAScore",
     "cascade": "flowscale_ray.rewards.cascade:Cascade",
     "weighted_sum": "flowscale_ray.rewards.combine:WeightedSum",
