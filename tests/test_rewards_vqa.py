@@ -328,11 +328,11 @@ def test_vqa_score_encoder_decoder_as_given_reward_and_held_out(t5_folders):
     spec = SamplerSpec(interpolant="linear", sde=False, steps=3)
     ex = InProcessExecutor(ParticleEngine(model, spec), reward, held_out=held)
     method = METHODS["bon"](METHODS["bon"].Config(n=3))
-    prompts = [Prompt("a", "2 red circles"), Prompt("b", "1 blue square")]
-    for r in ex.run([SearchTask(p, method, seed=0) for p in prompts]):
-        assert 0 < r.reward < 1 and 0 < r.held_out < 1
-        assert r.reward == pytest.approx(float(reward(r.image[None], [r.prompt])[0]), rel=1e-6)
-        assert r.held_out == pytest.approx(float(held(r.image[None], [r.prompt])[0]), rel=1e-6)
+    (r,) = ex.run([SearchTask(Prompt("a", "2 red circles"), method, seed=0)])
+    assert 0 < r.reward < 1 and 0 < r.held_out < 1
+    assert r.reward == pytest.approx(float(reward(r.image[None], [r.prompt])[0]), rel=1e-6)
+    assert r.held_out == pytest.approx(float(held(r.image[None], [r.prompt])[0]), rel=1e-6)
+    assert r.verifier_calls == 3 + 1  # three candidates, one final score
 
 
 def test_vqa_score_encoder_decoder_errors(t5_folders, vlm_folder, tmp_path):  # noqa: F811
