@@ -20,8 +20,9 @@ alone or in a batch, up to floating-point rounding of the batched kernels.
 
 Score (`normalize`):
 - `vocab` (default): the softmax over the whole vocabulary at the answer position, probability of the first
-  token of `answer`. This is the paper's definition (and what its reference code computes), so scores are
-  comparable with published VQAScores; probability the model puts on other tokens ("yes", " Yes", "The")
+  token of `answer`. This is the paper's definition (and what its reference code computes for decoder-only
+  models, where the answer "Yes" is one token with no end token), so scores are comparable with published
+  VQAScores; probability the model puts on other tokens ("yes", " Yes", "The")
   counts as not-yes.
 - `yes_no`: P(answer) / (P(answer) + P(negative)), the first tokens of "Yes" and "No" only. Less sensitive to
   how a chatty or small model formats its answer, but not the paper's number.
