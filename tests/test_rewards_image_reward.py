@@ -104,14 +104,15 @@ def original_forward(state, pixels, input_ids, attention_mask, config):
     h = s[t + "embeddings.word_embeddings.weight"][input_ids] + s[t + "embeddings.position_embeddings.weight"][:seq]
     h = ln(h, t + "embeddings.LayerNorm", 1e-12)
     pad_bias = (1.0 - attention_mask.double())[:, None, None, :] * -1e9
+    heads = tc.num_attention_heads
     for i in range(tc.num_hidden_layers):
         lay = f"{t}encoder.layer.{i}."
         sa = lay + "attention."
-        a = attend(lin(h, sa + "self.query"), lin(h, sa + "self.key"), lin(h, sa + "self.value"), 4, pad_bias)
+        a = attend(lin(h, sa + "self.query"), lin(h, sa + "self.key"), lin(h, sa + "self.value"), heads, pad_bias)
         h = ln(lin(a, sa + "output.dense") + h, sa + "output.LayerNorm", 1e-12)
         ca = lay + "crossattention."
         c = attend(
-            lin(h, ca + "self.query"), lin(image_embeds, ca + "self.key"), lin(image_embeds, ca + "self.value"), 4
+            lin(h, ca + "self.query"), lin(image_embeds, ca + "self.key"), lin(image_embeds, ca + "self.value"), heads
         )
         h = ln(lin(c, ca + "output.dense") + h, ca + "output.LayerNorm", 1e-12)
         f = lin(F.gelu(lin(h, lay + "intermediate.dense")), lay + "output.dense")
