@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from flowscale_ray.errors import first_line
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import hf_common as hf
+from flowscale_ray.rewards.aesthetic import load_head  # the same Linear chain under layers.N (no activations)
 from flowscale_ray.rewards.base import Reward
 from flowscale_ray.rewards.clip import check_batch_size
 
@@ -53,7 +54,7 @@ WEIGHTS_FILE = "model.safetensors"
 HEAD_FILE = "mlp.safetensors"
 PROCESSOR_FILE = "preprocessor_config.json"
 WHAT = "an ImageReward folder (made from ImageReward.pt by `python -m flowscale_ray.rewards.image_reward convert`)"
-FOLDER_FILES = (WEIGHTS_FILE, HEAD_FILE, PROCESSOR_FILE, "vocab.txt | tokenizer.json")
+FOLDER_FILES = (HEAD_FILE, PROCESSOR_FILE, "vocab.txt | tokenizer.json")  # + config.json, model.safetensors
 
 # Original key (after the 'blip.' prefix) -> transformers key; None drops a tensor the score does not use.
 # The vision names follow transformers' BLIP conversion script (convert_blip_original_pytorch_to_hf.py); the text
@@ -151,13 +152,6 @@ def resize_and_crop(image: Any, size: int) -> Any:
     return image.crop((left, top, left + size, top + size))
 
 
-def load_head(file: Path, in_dim: int) -> nn.Sequential:
-    """The MLP head (Linear layers under layers.N, applied in index order; dropout has no weights)."""
-    from flowscale_ray.rewards.aesthetic import load_head as load_linear_chain
-
-    return load_linear_chain(file, in_dim)
-
-
 class ImageReward(Reward):
     """ImageReward's score of each (image, prompt) pair: (mlp(BLIP text [CLS] | image) - mean) / std."""
 
@@ -172,6 +166,11 @@ class ImageReward(Reward):
         folder = Path(source).expanduser()
         if not folder.is_dir():  # check_folder passes hub ids through; this reward reads only local folders
             raise ValueError(f"reward.path: no such folder {source!r}; expected {WHAT}")
+        if not (folder / WEIGHTS_FILE).is_file():  # check_folder accepts any *.safetensors (mlp.safetensors is one)
+            raise ValueError(
+                f"reward.path: {source!r} lacks {WEIGHTS_FILE} (weights are read from safetensors only); "
+                f"expected {WHAT}"
+            )
         config = hf.load(BlipConfig, source, WHAT)
         self.vision = BlipVisionModel(config.vision_config)
         self.text = BlipTextModel(config.text_config, add_pooling_layer=False)
