@@ -28,13 +28,13 @@ from benchmarks.common import mean_se, save
 from benchmarks.sampler_sweep import tuning_prompts
 from flowscale_ray.builtin import counting, shapes
 from flowscale_ray.core.dynamics import SamplerSpec
-from flowscale_ray.core.guidance import GUIDED_STEP_NFE, GuidanceSpec
+from flowscale_ray.core.guidance import GuidanceSpec
 from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
 from flowscale_ray.models import build_model
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards import build_reward
 from flowscale_ray.search import METHODS
-from flowscale_ray.search.protocol import SearchContext
+from flowscale_ray.search.protocol import GUIDED_STEP_NFE, SearchContext
 
 GIVEN = ("counting_heldout", {"mode": "log_prob"})
 HELD = ("counting", {})

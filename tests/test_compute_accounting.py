@@ -214,6 +214,9 @@ class Recording:
     def planned_nfe(self, ctx):
         return self.method.planned_nfe(ctx)
 
+    def reward(self, pid, *_):
+        return self.rewards[pid]
+
     def search(self, ctx, seed):
         self.seed = seed  # the decision seed the executor derived
         gen = self.method.search(ctx, seed)
@@ -242,8 +245,7 @@ def test_the_plan_charges_guidance_gradients_as_the_executor_does(name):
     for seed in range(3):
         recorded = Recording(method)
         (result,) = ex.run([SearchTask(Prompt("p", "x"), recorded, seed=seed)])  # type: ignore[arg-type]
-        rewards = recorded.rewards
-        replay = DryRun(method, ex.context, lambda pid, *_: rewards[pid], recorded.seed, GUIDED.guided_moves())
+        replay = DryRun(method, ex.context, recorded.reward, recorded.seed, GUIDED.guided_moves())
         replay.run()
         assert replay.gradients > 0 and result.nfe > method.planned_nfe(ex.context)
         assert replay.nfe == result.nfe, (name, seed)

@@ -12,7 +12,7 @@ import torch
 from flowscale_ray.config import ConfigError, load_job
 from flowscale_ray.core.conversions import velocity_to_score
 from flowscale_ray.core.dynamics import Dynamics, SamplerSpec
-from flowscale_ray.core.guidance import GUIDED_STEP_NFE, GuidanceSpec, reward_gradient, step_index
+from flowscale_ray.core.guidance import GuidanceSpec, reward_gradient, step_index
 from flowscale_ray.core.interpolants import VPInterpolant
 from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
 from flowscale_ray.execution.engine import Particle
@@ -23,7 +23,7 @@ from flowscale_ray.rewards import build_reward
 from flowscale_ray.runtime.messages import ComponentSpec
 from flowscale_ray.runtime.replica import ReplicaWorker
 from flowscale_ray.search import METHODS
-from flowscale_ray.search.protocol import STREAM_INIT, Batch, Expand, Init, Move, NoiseKey
+from flowscale_ray.search.protocol import GUIDED_STEP_NFE, STREAM_INIT, Batch, Expand, Init, Move, NoiseKey
 
 TARGET = [0.5, -3.5]  # gmm2d's third mode
 REWARD = ComponentSpec("negative_squared_distance", {"target": TARGET})

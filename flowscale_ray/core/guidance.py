@@ -23,9 +23,10 @@ to s = 0 is never guided (it is the executor's denoising jump or noise-free Eule
 Cost: the velocity cached on a particle was computed without autograd (and is reused, bit for bit, as the
 unguided part of the drift), so a guided step evaluates the model once more with autograd and backpropagates
 through it. The gradient is cached on the particle state: the children of one state (SVDD's K proposals, RBF's
-candidates from the same state) share one gradient. Each gradient is charged GUIDED_STEP_NFE = 3 NFE: the
-forward pass with autograd (1) and the backward pass (2, the usual cost of a backward relative to a forward).
-The reward's own forward and backward on the guided state are part of that charge, not verifier calls.
+candidates from the same state) share one gradient. Each gradient is charged 3 NFE (search.protocol's
+GUIDED_STEP_NFE): the forward pass with autograd (1) and the backward pass (2, the usual cost of a backward
+relative to a forward). The reward's own forward and backward on the guided state are part of that charge,
+not verifier calls.
 
 Memory: the graph exists only inside `reward_gradient` (autograd enabled there, even under inference mode) and
 the returned gradient is detached, so nothing is kept across steps.
@@ -40,8 +41,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
-GUIDED_STEP_NFE = 3  # NFE charged per guidance gradient: forward with autograd (1) + backward (2)
 
 
 @dataclass(frozen=True)
@@ -153,4 +152,4 @@ def reward_gradient(
     return grad.detach()
 
 
-__all__ = ["GUIDED_STEP_NFE", "GuidanceSpec", "reward_gradient", "step_index"]
+__all__ = ["GuidanceSpec", "reward_gradient", "step_index"]

@@ -24,12 +24,12 @@ import torch
 from torch import Tensor
 
 from flowscale_ray.core.dynamics import Dynamics, SamplerSpec
-from flowscale_ray.core.guidance import GUIDED_STEP_NFE, reward_gradient
+from flowscale_ray.core.guidance import reward_gradient
 from flowscale_ray.core.noise import SeedDeriver, standard_normal
 from flowscale_ray.models.base import Condition, FlowModel, cat_conditions
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.rewards.base import Reward
-from flowscale_ray.search.protocol import Batch, Expand, Init, Move, NoiseKey
+from flowscale_ray.search.protocol import GUIDED_STEP_NFE, Batch, Expand, Init, Move, NoiseKey
 
 TaskKey = Hashable
 DEFAULT_CHUNK = 8  # rows per model call when `micro_batch` is not set (a fixed shape: batch invariance)

@@ -28,8 +28,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flowscale_ray.core.guidance import GUIDED_STEP_NFE
-from flowscale_ray.search.protocol import Batch, Evaluation, Expand, Init, SearchContext, SearchOutcome
+from flowscale_ray.search.protocol import GUIDED_STEP_NFE, Batch, Evaluation, Expand, Init, SearchContext, SearchOutcome
 
 __all__ = ["MAX_SIZED_NFE", "Costs", "DryRun", "Guided", "Plan", "plan", "size_for_units"]
 

@@ -28,6 +28,10 @@ STREAM_STEP = 1
 STREAM_RENOISE = 2
 STREAM_DECISION = 3  # method-side randomness (e.g. SMC resampling)
 
+# NFE an executor charges for one reward gradient of reward-gradient guidance (core.guidance): the forward pass
+# with autograd (1) and the backward pass (2). Part of the NFE rule, so the plans (search.plan) charge it too.
+GUIDED_STEP_NFE = 3
+
 
 @dataclass(frozen=True)
 class NoiseKey:
