@@ -406,7 +406,7 @@ def eval_(args) -> None:
     rows = []
     for method, by_budget in results.items():
         for budget, res in sorted(by_budget.items()):
-            row: dict[str, Any] = {"method": method, "budget": budget}
+            row: dict[str, Any] = {"method": method, "budget": budget, "seeds": res.get("seeds", list(args.seeds))}
             for key in ("accuracy", "reward", "held_out", "nfe", "verifier_calls"):
                 row[key], row[f"{key}_se"] = per_prompt_mean(res[key])
             units = {
@@ -439,13 +439,13 @@ def eval_(args) -> None:
         "averaged over the seeds, then mean ± s.e. over prompts; 'vs bon' is the paired accuracy difference at the "
         f"same budget. {how}Compute units with c_d = 1, c_v = 1.",
         "",
-        "| method | budget | NFE | verifier calls | units (c_v = 1) | accuracy | vs bon | reward (-RSS) | held-out |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | budget | seeds | NFE | verifier calls | units (c_v = 1) | accuracy | vs bon | reward (-RSS) | held-out |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         vs = f"{r['vs_bon']:+.3f} ± {r['vs_bon_se']:.3f}" if "vs_bon" in r else "—"
         md.append(
-            f"| {r['method']} | {r['budget']} | {r['nfe']:.0f} | {r['verifier_calls']:.0f} | {r['units_c_v_1']:.0f} | "
+            f"| {r['method']} | {r['budget']} | {','.join(map(str, r['seeds']))} | {r['nfe']:.0f} | {r['verifier_calls']:.0f} | {r['units_c_v_1']:.0f} | "
             f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | {vs} | {r['reward']:.3f} | {r['held_out']:.3f} |"
         )
     if targets:
@@ -500,6 +500,7 @@ SDE_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "vt": ("vt", {"n_chains": 8, "chain_nfe": 0}),
     "svdd": ("svdd", {}),
     "smc": ("smc", {}),
+    "smc_late": ("smc", {"start": 0.5}),  # no scoring or resampling in the first half (tuning prompts: docs)
 }
 
 
@@ -552,10 +553,11 @@ def _load_sde(prompts: list[str], seeds) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}
     for name in SDE_METHODS:
         for budget in BUDGETS:
-            docs = [CACHE / f"counting_sde_{name}_{budget}_{s}.json" for s in seeds]
-            if not all(p.exists() for p in docs):
+            have = [s for s in seeds if (CACHE / f"counting_sde_{name}_{budget}_{s}.json").exists()]
+            if not have:  # a cell is reported with the seeds it has (the table says which)
                 continue
-            res: dict[str, dict[str, list[float]]] = {}
+            docs = [CACHE / f"counting_sde_{name}_{budget}_{s}.json" for s in have]
+            res: dict[str, Any] = {"seeds": have}
             for p in docs:
                 d = json.loads(p.read_text())["prompts"]
                 for pid in prompts:

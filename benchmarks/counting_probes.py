@@ -1,0 +1,347 @@
+"""Probes of the built-in counting task that decide which search can help there (tuning prompts, seed 101 only).
+
+Three questions, each answered with recorded trajectories of the real model and reward:
+
+    python -m benchmarks.counting_probes lookahead   # does a short ODE roll-out predict the final count better
+                                                     # than the one-step x0 estimate?
+    python -m benchmarks.counting_probes coarse      # does a cheap few-step preview of a noise predict its full
+                                                     # 10-step sample (coarse-to-fine Best-of-N)?
+    python -m benchmarks.counting_probes smc         # SMC's `start` and temperature against Best-of-N and RBF
+
+Raw records are kept under benchmarks/.cache/ (not committed; a rerun appends only what is missing); the tables go
+to benchmarks/results/counting_probes_*.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import save
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+SEED = 101
+LOOK_STEPS = (2, 3)  # roll-outs from a state to s = 0 in this many Euler steps (1 and 2 NFE more than x0-hat)
+COARSE_STEPS = (2, 3, 4, 5)
+
+
+def _setup():
+    import torch  # noqa: F401  (before the model: thread settings)
+
+    from benchmarks.counting_adaptive import _Both
+    from benchmarks.sampler_sweep import tuning_prompts
+    from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
+    from flowscale_ray.models import build_model
+
+    return build_model("shapes"), _Both(), SamplerSpec, SAMPLER_PRESETS, tuning_prompts
+
+
+def _run(model, spec, reward, method, pid: str, text: str) -> None:
+    from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
+    from flowscale_ray.prompts import Prompt
+
+    ex = InProcessExecutor(ParticleEngine(model, spec), reward, None, in_flight=1)
+    list(ex.run([SearchTask(Prompt(pid, text), method, SEED)]))
+
+
+def _done(path: Path, key: str) -> set:
+    return {json.loads(x)[key] for x in path.read_text().splitlines() if x.strip()} if path.exists() else set()
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _corr(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float("nan") if a.std() == 0 or b.std() == 0 else float(np.corrcoef(a, b)[0, 1])
+
+
+# -- look-ahead value estimates ---------------------------------------------------------------------------------
+
+
+def _lookahead_method(n: int):
+    from flowscale_ray.search.base import SearchMethod
+    from flowscale_ray.search.protocol import (
+        STREAM_INIT,
+        Batch,
+        Expand,
+        Init,
+        Move,
+        NoiseKey,
+        PidCounter,
+        SearchOutcome,
+        StepRecord,
+    )
+
+    @dataclass(frozen=True)
+    class Config:
+        n: int = 64
+
+    class Look(SearchMethod):
+        """n linear-ODE trajectories; at every state, besides the next step, roll-outs to s = 0 in j equal steps."""
+
+        name = "look"
+
+        def __init__(self) -> None:
+            super().__init__(Config(n))
+            self.out: dict[str, Any] = {}
+
+        def planned_nfe(self, ctx):
+            return 0
+
+        def search(self, ctx, seed):
+            times, new = ctx.search_times, PidCounter()
+            inits = tuple(Init(new(), NoiseKey(i, 0, 0, STREAM_INIT), True) for i in range(n))
+            ev = yield Batch(inits=inits)
+            cur = [i.pid for i in inits]
+            x0 = [[ev[p].reward for p in cur]]
+            looks: dict[str, list] = {str(j): [] for j in LOOK_STEPS}
+            for k in range(1, len(times) + 1):
+                s = times[k - 1]
+                extra = []
+                for j in LOOK_STEPS:
+                    pts = tuple(s * (1 - (q + 1) / j) for q in range(j))
+                    for i, p in enumerate(cur):
+                        extra.append((j, Expand(new(), p, tuple(Move(t, NoiseKey(i, k, 1)) for t in pts), True)))
+                s_to = times[k] if k < len(times) else 0.0
+                moves = [Expand(new(), p, (Move(s_to, NoiseKey(i, k, 0)),), True) for i, p in enumerate(cur)]
+                ev = yield Batch(expands=tuple(moves) + tuple(e for _, e in extra), release=tuple(cur))
+                for j in LOOK_STEPS:
+                    looks[str(j)].append([ev[e.pid].reward for jj, e in extra if jj == j])
+                cur = [e.pid for e in moves]
+                x0.append([ev[p].reward for p in cur])
+            self.out = {"x0": x0, "looks": looks}
+            rec = StepRecord(step=len(times), s=0.0, nfe=0, candidates=n, best_reward=max(x0[-1]))
+            return SearchOutcome(best=cur[0], reward=x0[-1][0], nfe=0, records=[rec], selected=[cur[0]])
+
+    return Look()
+
+
+def lookahead(args) -> None:
+    model, both, SamplerSpec, presets, tuning_prompts = _setup()
+    spec = SamplerSpec(**presets["linear-ode"])
+    path = CACHE / "counting_lookahead.jsonl"
+    CACHE.mkdir(exist_ok=True)
+    done = _done(path, "id")
+    for i, text in enumerate(tuning_prompts(args.prompts)):
+        pid = f"tune-{i:03d}"
+        if pid in done:
+            continue
+        started = time.perf_counter()
+        m = _lookahead_method(args.trajectories)
+        _run(model, spec, both, m, pid, text)
+        with path.open("a") as f:
+            f.write(json.dumps({"id": pid, **m.out}) + "\n")
+        print(f"{pid}: {time.perf_counter() - started:.0f}s", flush=True)
+    rows = [r for r in _rows(path) if int(r["id"][5:]) < args.prompts]
+    table = []
+    for k in range(len(rows[0]["x0"]) - 1):
+        entry: dict[str, Any] = {"step": k}
+        for name, get in [("x0_hat", lambda r, k=k: r["x0"][k])] + [
+            (f"rollout_{j}", lambda r, k=k, j=j: r["looks"][str(j)][k]) for j in LOOK_STEPS
+        ]:
+            entry[name] = float(np.nanmean([_corr(get(r), r["x0"][-1]) for r in rows]))
+        table.append(entry)
+    md = [
+        f"Counting task, {len(rows)} tuning prompts (seed {SEED}), {len(rows[0]['x0'][0])} linear-ODE trajectories "
+        "each, 10 steps. Correlation over a prompt's trajectories (mean over prompts) between the final reward and "
+        "an estimate at step k: the one-step x0 estimate (free), or the x0 estimate after rolling out to s = 0 in "
+        "2 or 3 equal Euler steps (1 or 2 NFE more). At step 9 the final sample is the x0 estimate itself.",
+        "",
+        "| step k | " + " | ".join(str(r["step"]) for r in table) + " |",
+        "|---" * (len(table) + 1) + "|",
+    ]
+    for name, label in [("x0_hat", "x0 estimate")] + [(f"rollout_{j}", f"roll-out, {j} steps") for j in LOOK_STEPS]:
+        md.append(f"| {label} | " + " | ".join(f"{r[name]:.2f}" for r in table) + " |")
+    save("counting_probes_lookahead", {"prompts": len(rows), "rows": table}, "\n".join(md))
+
+
+# -- coarse previews ----------------------------------------------------------------------------------------------
+
+
+def coarse(args) -> None:
+    from benchmarks.counting_adaptive import _Tracer
+
+    model, both, SamplerSpec, presets, tuning_prompts = _setup()
+    path = CACHE / "counting_coarse.jsonl"
+    CACHE.mkdir(exist_ok=True)
+    done = {(r["steps"], r["i"]) for r in _rows(path)} if path.exists() else set()
+    texts = tuning_prompts(args.prompts)
+    for steps in (10, *COARSE_STEPS):
+        spec = SamplerSpec(**presets["linear-ode"], steps=steps)
+        for i, text in enumerate(texts):
+            if (steps, i) in done:
+                continue
+            tr = _Tracer(args.trajectories, both, (steps,))
+            _run(model, spec, both, tr, f"tune-{i:03d}", text)
+            with path.open("a") as f:
+                f.write(json.dumps({"steps": steps, "i": i, "final": tr.out["rewards"][-1]}) + "\n")
+            print(f"{steps} steps, prompt {i}", flush=True)
+    by: dict[int, dict[int, np.ndarray]] = {}
+    for r in _rows(path):
+        if r["i"] < args.prompts:
+            by.setdefault(r["steps"], {})[r["i"]] = np.asarray(r["final"])
+    fine, ids = by[10], sorted(by[10])
+    n = len(fine[ids[0]])
+    rng = np.random.default_rng(0)
+
+    def bon(budget: int, reps: int = 300) -> float:
+        m = budget // 10
+        return float(
+            np.mean([np.mean([fine[i][rng.choice(n, m, replace=False)].max() == 0 for _ in range(reps)]) for i in ids])
+        )
+
+    def c2f(k: int, many: int, few: int, reps: int = 150) -> float:
+        out = []
+        for i in ids:
+            c, f, hits = by[k][i], fine[i], []
+            for _ in range(reps):
+                idx = rng.choice(n, many, replace=False)
+                top = idx[np.lexsort((rng.random(many), -c[idx]))][:few]  # best previews, ties at random
+                hits.append(f[top].max() == 0)
+            out.append(np.mean(hits))
+        return float(np.mean(out))
+
+    steps_rows = []
+    for k in COARSE_STEPS:
+        ok = np.concatenate([fine[i][by[k][i] == 0] == 0 for i in ids])
+        steps_rows.append({
+            "steps": k, "single_accuracy": float(np.mean([np.mean(by[k][i] == 0) for i in ids])),
+            "p_full_right_if_preview_right": float(ok.mean()) if len(ok) else float("nan"),
+        })  # fmt: skip
+    budget_rows = []
+    for budget in (50, 100, 300):
+        best = (-1.0, 0, 0, 0)
+        for k in COARSE_STEPS:
+            for few in range(1, budget // 10 + 1):
+                many = (budget - 10 * few) // k
+                if few <= many <= n:
+                    best = max(best, (c2f(k, many, few), k, many, few))
+        budget_rows.append({"budget": budget, "bon": bon(budget), "coarse_to_fine": best[0], "preview_steps": best[1],
+                            "previews": best[2], "finished": best[3]})  # fmt: skip
+    md = [
+        f"Counting task, {len(ids)} tuning prompts (seed {SEED}), {n} noises each, linear ODE: every noise sampled "
+        f"with 10 steps and with {', '.join(map(str, COARSE_STEPS))} steps. Single-sample exact-count accuracy "
+        f"with 10 steps: {np.mean([np.mean(fine[i] == 0) for i in ids]):.3f}.",
+        "",
+        "| preview steps | single-sample accuracy | P(10-step right given preview right) |",
+        "|---|---|---|",
+        *(
+            f"| {r['steps']} | {r['single_accuracy']:.3f} | {r['p_full_right_if_preview_right']:.3f} |"
+            for r in steps_rows
+        ),
+        "",
+        "Coarse-to-fine Best-of-N (preview many noises, finish the best few with 10 steps from the same noise; the "
+        "best split of each budget, chosen with hindsight) against Best-of-N, by resampling the recorded noises:",
+        "",
+        "| NFE | Best-of-N | coarse-to-fine (best split) | split: preview steps x previews + finished |",
+        "|---|---|---|---|",
+        *(
+            f"| {r['budget']} | {r['bon']:.3f} | {r['coarse_to_fine']:.3f} | {r['preview_steps']} x {r['previews']} "
+            f"+ {r['finished']} |"
+            for r in budget_rows
+        ),
+    ]
+    save("counting_probes_coarse", {"steps": steps_rows, "budgets": budget_rows}, "\n".join(md))
+
+
+# -- SMC's start --------------------------------------------------------------------------------------------------
+
+SMC_GRID: list[tuple[str, dict[str, Any], str]] = [
+    ("bon", {}, "ode"),
+    ("rbf", {"n_chains": 8}, "vp"),
+    ("smc", {}, "vp"),
+    ("smc", {"start": 0.5}, "vp"),
+    ("smc", {"start": 0.7}, "vp"),
+    ("smc", {"temperature": 1.0}, "vp"),
+    ("smc", {"start": 0.5, "temperature": 1.0}, "vp"),
+    ("smc", {"start": 0.7, "temperature": 1.0}, "vp"),
+]
+
+
+def smc(args) -> None:
+    import torch  # noqa: F401
+
+    from benchmarks.common import run_counting
+    from benchmarks.sampler_sweep import tuning_prompts
+    from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
+    from flowscale_ray.models import build_model
+    from flowscale_ray.prompts import Prompt
+    from flowscale_ray.rewards import build_reward
+    from flowscale_ray.search import METHODS
+    from flowscale_ray.search.protocol import SearchContext
+
+    model, reward = build_model("shapes"), build_reward("counting")
+    samplers = {
+        "vp": SamplerSpec(interpolant="vp", sde=True, diffusion_norm=8, grid="uniform"),  # RBF's tuned sampler
+        "ode": SamplerSpec(**SAMPLER_PRESETS["linear-ode"]),
+    }
+    tasks = [(Prompt(f"tune-{i:03d}", t), SEED) for i, t in enumerate(tuning_prompts(args.prompts))]
+    path = CACHE / "counting_smc_tune.jsonl"
+    CACHE.mkdir(exist_ok=True)
+    done = (
+        {(r["name"], json.dumps(r["settings"], sort_keys=True), r["budget"]) for r in _rows(path)}
+        if path.exists()
+        else set()
+    )
+    for budget in args.budgets:
+        for name, settings, sampler in SMC_GRID:
+            if (name, json.dumps(settings, sort_keys=True), budget) in done:
+                continue
+            spec = samplers[sampler]
+            m = METHODS[name](METHODS[name].Config(**settings)).with_budget(budget, SearchContext(spec.grid_times()))
+            plain = {k: v for k, v in m.settings().items() if k != "name"}
+            started = time.perf_counter()
+            results, acc = run_counting(model, spec, reward, None, name, plain, tasks)
+            row = {
+                "name": name, "settings": settings, "budget": budget, "sampler": sampler,
+                "accuracy": acc.float().tolist(), "nfe": float(np.mean([r.nfe for r in results])),
+                "verifier_calls": float(np.mean([r.verifier_calls for r in results])),
+            }  # fmt: skip
+            with path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{name} {settings} {budget}: {np.mean(row['accuracy']):.3f} ({time.perf_counter() - started:.0f}s)")
+    rows = [r for r in _rows(path) if len(r["accuracy"]) == args.prompts]
+    md = [
+        f"Counting task, {args.prompts} tuning prompts, seed {SEED} (one search each): exact-count accuracy ± s.e. "
+        "over prompts. bon on the linear ODE; the others on RBF's tuned VP-SDE (uniform grid, g = 8 s^2).",
+        "",
+        "| method | settings | NFE budget | NFE | verifier calls | accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["budget"], r["name"] != "bon", r["name"] != "rbf")):
+        acc = np.asarray(r["accuracy"])
+        se = acc.std(ddof=1) / math.sqrt(len(acc))
+        md.append(
+            f"| {r['name']} | {json.dumps(r['settings'])} | {r['budget']} | {r['nfe']:.0f} | "
+            f"{r['verifier_calls']:.0f} | {acc.mean():.3f} ± {se:.3f} |"
+        )
+    save("counting_probes_smc", {"rows": rows}, "\n".join(md))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    lo = sub.add_parser("lookahead")
+    lo.add_argument("--prompts", type=int, default=10)
+    lo.add_argument("--trajectories", type=int, default=64)
+    co = sub.add_parser("coarse")
+    co.add_argument("--prompts", type=int, default=16)
+    co.add_argument("--trajectories", type=int, default=64)
+    sm = sub.add_parser("smc")
+    sm.add_argument("--prompts", type=int, default=22)
+    sm.add_argument("--budgets", type=int, nargs="+", default=[100])
+    args = p.parse_args()
+    {"lookahead": lookahead, "coarse": coarse, "smc": smc}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
