@@ -439,13 +439,15 @@ def eval_(args) -> None:
         "averaged over the seeds, then mean ± s.e. over prompts; 'vs bon' is the paired accuracy difference at the "
         f"same budget. {how}Compute units with c_d = 1, c_v = 1.",
         "",
-        "| method | budget | seeds | NFE | verifier calls | units (c_v = 1) | accuracy | vs bon | reward (-RSS) | held-out |",
+        "| method | budget | seeds | NFE | verifier calls | units (c_v = 1) | accuracy | vs bon | reward (-RSS) "
+        "| held-out |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         vs = f"{r['vs_bon']:+.3f} ± {r['vs_bon_se']:.3f}" if "vs_bon" in r else "—"
         md.append(
-            f"| {r['method']} | {r['budget']} | {','.join(map(str, r['seeds']))} | {r['nfe']:.0f} | {r['verifier_calls']:.0f} | {r['units_c_v_1']:.0f} | "
+            f"| {r['method']} | {r['budget']} | {','.join(map(str, r['seeds']))} | {r['nfe']:.0f} | "
+            f"{r['verifier_calls']:.0f} | {r['units_c_v_1']:.0f} | "
             f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | {vs} | {r['reward']:.3f} | {r['held_out']:.3f} |"
         )
     if targets:
