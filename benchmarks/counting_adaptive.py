@@ -495,6 +495,7 @@ def _plot(rows: list[dict]) -> None:
 # -- SDE methods (real runs) ---------------------------------------------------------------------------------
 
 SDE_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "base": ("base", {}),  # one sample on the linear ODE, 10 NFE whatever the budget (run with --budgets 10)
     "bon": ("bon", {}),  # the linear ODE (its best sampler in benchmarks.counting_study)
     "rbf": ("rbf", {"n_chains": 8}),  # the tuned setting (benchmarks.rbf_sweep)
     "abf": ("abf", {"n_chains": 8, "chain_nfe": 0}),  # chains as RBF's (adaptive_study tune_counting)
@@ -529,9 +530,11 @@ def sde(args) -> None:
                 path = CACHE / f"counting_sde_{name}_{budget}_{seed}.json"
                 if path.exists():
                     continue
-                spec = ode if name == "bon" else vp
+                spec = ode if name in ("base", "bon") else vp
                 ctx = SearchContext(grid=spec.grid_times())
-                method = METHODS[base_name](METHODS[base_name].Config(**settings)).with_budget(budget, ctx)
+                method = METHODS[base_name](METHODS[base_name].Config(**settings))
+                if name != "base":
+                    method = method.with_budget(budget, ctx)
                 plain = {k: v for k, v in method.settings().items() if k != "name"}
                 tasks = [(Prompt(f"eval-{i:03d}", t), seed) for i, t in enumerate(texts)]
                 started = time.perf_counter()
@@ -554,7 +557,7 @@ def sde(args) -> None:
 def _load_sde(prompts: list[str], seeds) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}
     for name in SDE_METHODS:
-        for budget in BUDGETS:
+        for budget in (STEPS, *BUDGETS):
             have = [s for s in seeds if (CACHE / f"counting_sde_{name}_{budget}_{s}.json").exists()]
             if not have:  # a cell is reported with the seeds it has (the table says which)
                 continue

@@ -1,12 +1,13 @@
 """Probes of the built-in counting task that decide which search can help there (tuning prompts, seed 101 only).
 
-Three questions, each answered with recorded trajectories of the real model and reward:
+Four questions, each answered with recorded trajectories of the real model and reward:
 
     python -m benchmarks.counting_probes lookahead   # does a short ODE roll-out predict the final count better
                                                      # than the one-step x0 estimate?
     python -m benchmarks.counting_probes coarse      # does a cheap few-step preview of a noise predict its full
                                                      # 10-step sample (coarse-to-fine Best-of-N)?
     python -m benchmarks.counting_probes smc         # SMC's `start` and temperature against Best-of-N and RBF
+    python -m benchmarks.counting_probes vt          # vt's threshold at the reward's maximum, and its chains
 
 Raw records are kept under benchmarks/.cache/ (not committed; a rerun appends only what is missing); the tables go
 to benchmarks/results/counting_probes_*.{json,md}.
@@ -253,7 +254,7 @@ def coarse(args) -> None:
     save("counting_probes_coarse", {"steps": steps_rows, "budgets": budget_rows}, "\n".join(md))
 
 
-# -- SMC's start --------------------------------------------------------------------------------------------------
+# -- method grids (SMC's start, vt's threshold) ------------------------------------------------------
 
 SMC_GRID: list[tuple[str, dict[str, Any], str]] = [
     ("bon", {}, "ode"),
@@ -266,8 +267,21 @@ SMC_GRID: list[tuple[str, dict[str, Any], str]] = [
     ("smc", {"start": 0.7, "temperature": 1.0}, "vp"),
 ]
 
+# vt with an absolute threshold at the reward's maximum (0: the x0 estimate has exactly the asked counts): a chain
+# advances as soon as its estimate is right; early on that is noise and costs one candidate, so the quota goes on
+# to the later intervals, where the estimate is informative (`rollover: spread`).
+VT_GRID: list[tuple[str, dict[str, Any], str]] = [
+    ("bon", {}, "ode"),
+    ("vt", {"n_chains": 8, "chain_nfe": 0}, "vp"),
+    ("vt", {"n_chains": 8, "chain_nfe": 0, "threshold": 0.0}, "vp"),
+    ("vt", {"n_chains": 16, "chain_nfe": 0, "threshold": 0.0}, "vp"),
+    ("vt", {"n_chains": 4, "chain_nfe": 0, "threshold": 0.0}, "vp"),
+]
+GRIDS = {"smc": SMC_GRID, "vt": VT_GRID}
 
-def smc(args) -> None:
+
+def method_grid(args) -> None:
+    """One search per tuning prompt for each (method, settings) of the grid named by the subcommand."""
     import torch  # noqa: F401
 
     from benchmarks.common import run_counting
@@ -285,7 +299,8 @@ def smc(args) -> None:
         "ode": SamplerSpec(**SAMPLER_PRESETS["linear-ode"]),
     }
     tasks = [(Prompt(f"tune-{i:03d}", t), SEED) for i, t in enumerate(tuning_prompts(args.prompts))]
-    path = CACHE / "counting_smc_tune.jsonl"
+    grid = GRIDS[args.cmd]
+    path = CACHE / f"counting_{args.cmd}_tune.jsonl"
     CACHE.mkdir(exist_ok=True)
     done = (
         {(r["name"], json.dumps(r["settings"], sort_keys=True), r["budget"]) for r in _rows(path)}
@@ -293,7 +308,7 @@ def smc(args) -> None:
         else set()
     )
     for budget in args.budgets:
-        for name, settings, sampler in SMC_GRID:
+        for name, settings, sampler in grid:
             if (name, json.dumps(settings, sort_keys=True), budget) in done:
                 continue
             spec = samplers[sampler]
@@ -310,21 +325,26 @@ def smc(args) -> None:
                 f.write(json.dumps(row) + "\n")
             print(f"{name} {settings} {budget}: {np.mean(row['accuracy']):.3f} ({time.perf_counter() - started:.0f}s)")
     rows = [r for r in _rows(path) if len(r["accuracy"]) == args.prompts]
+    bon = {r["budget"]: np.asarray(r["accuracy"]) for r in rows if r["name"] == "bon"}
     md = [
         f"Counting task, {args.prompts} tuning prompts, seed {SEED} (one search each): exact-count accuracy ± s.e. "
         "over prompts. bon on the linear ODE; the others on RBF's tuned VP-SDE (uniform grid, g = 8 s^2).",
         "",
-        "| method | settings | NFE budget | NFE | verifier calls | accuracy |",
-        "|---|---|---|---|---|---|",
+        "| method | settings | NFE budget | NFE | verifier calls | accuracy | vs bon (paired) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["budget"], r["name"] != "bon", r["name"] != "rbf")):
         acc = np.asarray(r["accuracy"])
         se = acc.std(ddof=1) / math.sqrt(len(acc))
+        vs = "—"
+        if r["name"] != "bon" and r["budget"] in bon:
+            d = acc - bon[r["budget"]]
+            vs = f"{d.mean():+.3f} ± {d.std(ddof=1) / math.sqrt(len(d)):.3f}"
         md.append(
             f"| {r['name']} | {json.dumps(r['settings'])} | {r['budget']} | {r['nfe']:.0f} | "
-            f"{r['verifier_calls']:.0f} | {acc.mean():.3f} ± {se:.3f} |"
+            f"{r['verifier_calls']:.0f} | {acc.mean():.3f} ± {se:.3f} | {vs} |"
         )
-    save("counting_probes_smc", {"rows": rows}, "\n".join(md))
+    save(f"counting_probes_{args.cmd}", {"rows": rows}, "\n".join(md))
 
 
 def main() -> None:
@@ -339,8 +359,11 @@ def main() -> None:
     sm = sub.add_parser("smc")
     sm.add_argument("--prompts", type=int, default=22)
     sm.add_argument("--budgets", type=int, nargs="+", default=[100])
+    vt = sub.add_parser("vt")
+    vt.add_argument("--prompts", type=int, default=64)
+    vt.add_argument("--budgets", type=int, nargs="+", default=[100, 300])
     args = p.parse_args()
-    {"lookahead": lookahead, "coarse": coarse, "smc": smc}[args.cmd](args)
+    {"lookahead": lookahead, "coarse": coarse, "smc": method_grid, "vt": method_grid}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -198,7 +198,9 @@ def sized_for_job(job: JobConfig, method: SearchMethod, amount: float) -> Search
     return sized(method, amount, job.budget.unit, job.budget.costs, ctx, job.output.top_k, job.sampler.guided_moves())
 
 
-def job_cost(job: JobConfig, method: SearchMethod) -> float:
-    """What one search of `method` is charged in the job's budget unit (reward gradients included)."""
+def job_cost(job: JobConfig, method: SearchMethod, unit: str | None = None) -> float:
+    """What one search of `method` is charged in `unit` (default: the job's budget unit; "nfe": its planned NFE),
+    reward gradients included."""
     ctx = SearchContext(grid=job.sampler.grid_times())
-    return planned_cost(method, job.budget.unit, job.budget.costs, ctx, job.output.top_k, job.sampler.guided_moves())
+    unit = unit or job.budget.unit
+    return planned_cost(method, unit, job.budget.costs, ctx, job.output.top_k, job.sampler.guided_moves())

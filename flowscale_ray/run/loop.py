@@ -28,7 +28,6 @@ from flowscale_ray.run.executors import open_executor
 from flowscale_ray.run.output import RunOutput
 from flowscale_ray.run.tables import format_table
 from flowscale_ray.search.base import SearchMethod
-from flowscale_ray.search.plan import planned_cost
 
 log = get_logger(__name__)
 
@@ -77,7 +76,7 @@ def _run(
     redact: Callable[[str], str],
 ) -> RunReport:
     todo = output.begin(executor.model_id, method.settings())
-    planned = int(planned_cost(method, "nfe", job.budget.costs, executor.context, 1, job.sampler.guided_moves()))
+    planned = int(job_cost(job, method, "nfe"))
     spend = f"{planned} NFE/prompt"
     b = job.budget
     if b.mode == "dataset" and b.mean_nfe is not None:
