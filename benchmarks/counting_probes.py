@@ -276,6 +276,8 @@ VT_GRID: list[tuple[str, dict[str, Any], str]] = [
     ("vt", {"n_chains": 8, "chain_nfe": 0, "threshold": 0.0}, "vp"),
     ("vt", {"n_chains": 16, "chain_nfe": 0, "threshold": 0.0}, "vp"),
     ("vt", {"n_chains": 4, "chain_nfe": 0, "threshold": 0.0}, "vp"),
+    ("vt", {"n_chains": 4, "chain_nfe": 0}, "vp"),
+    ("vt", {"n_chains": 2, "chain_nfe": 0, "threshold": 0.0}, "vp"),
 ]
 GRIDS = {"smc": SMC_GRID, "vt": VT_GRID}
 
