@@ -322,6 +322,14 @@ def paired(a: dict[str, list[float]], b: dict[str, list[float]]) -> tuple[float,
     return mean_se(np.mean(a[p]) - np.mean(b[p]) for p in a)
 
 
+def on_seeds(res: dict[str, Any], seeds: list[int], key: str = "accuracy") -> dict[str, list[float]]:
+    """res[key] restricted to `seeds` (a cell's values are in the order of its "seeds"), so that a cell run on
+    fewer seeds is compared with the same seeds of its reference."""
+    have = res.get("seeds", seeds)
+    at = [have.index(s) for s in seeds]
+    return {p: [v[i] for i in at] for p, v in res[key].items()}
+
+
 def per_prompt_mean(values: dict[str, list[float]]) -> tuple[float, float]:
     """Mean and standard error over prompts, each prompt's values averaged over its seeds first."""
     return mean_se(np.mean(v) for v in values.values())
@@ -416,7 +424,7 @@ def eval_(args) -> None:
             row["units_c_v_1"] = per_prompt_mean(units)[0]
             bon = results["bon"].get(budget)
             if bon is not None and method != "bon":
-                row["vs_bon"], row["vs_bon_se"] = paired(res["accuracy"], bon["accuracy"])
+                row["vs_bon"], row["vs_bon_se"] = paired(res["accuracy"], on_seeds(bon, row["seeds"]))
             rows.append(row)
     bon1000 = results["bon"].get(1000)
     targets = {}
@@ -426,7 +434,8 @@ def eval_(args) -> None:
                 continue
             for budget in (300,):
                 if budget in results[method]:
-                    d, se = paired(results[method][budget]["accuracy"], bon1000["accuracy"])
+                    cell = results[method][budget]
+                    d, se = paired(cell["accuracy"], on_seeds(bon1000, cell.get("seeds", list(args.seeds))))
                     targets[f"{method}@{budget} - bon@1000"] = (d, se)
     how = (
         f"bon and sh: linear ODE, replayed from {len(traces[0]['rewards'][0])} recorded trajectories per (prompt, "

@@ -278,6 +278,11 @@ VT_GRID: list[tuple[str, dict[str, Any], str]] = [
     ("vt", {"n_chains": 4, "chain_nfe": 0, "threshold": 0.0}, "vp"),
     ("vt", {"n_chains": 4, "chain_nfe": 0}, "vp"),
     ("vt", {"n_chains": 2, "chain_nfe": 0, "threshold": 0.0}, "vp"),
+    # abf's `quota_power` (candidates late, where the x0 estimate starts to predict the count), with 4 chains
+    ("abf", {"n_chains": 4, "chain_nfe": 0}, "vp"),
+    ("abf", {"n_chains": 4, "chain_nfe": 0, "quota_power": 2.0}, "vp"),
+    ("abf", {"n_chains": 4, "chain_nfe": 0, "quota_power": 2.0, "explore": 0.0}, "vp"),
+    ("vt", {"n_chains": 8, "chain_nfe": 25}, "vp"),
 ]
 GRIDS = {"smc": SMC_GRID, "vt": VT_GRID}
 
@@ -310,7 +315,9 @@ def method_grid(args) -> None:
         else set()
     )
     for budget in args.budgets:
-        for name, settings, sampler in grid:
+        for index, (name, settings, sampler) in enumerate(grid):
+            if args.only and index not in args.only:
+                continue
             if (name, json.dumps(settings, sort_keys=True), budget) in done:
                 continue
             spec = samplers[sampler]
@@ -361,9 +368,11 @@ def main() -> None:
     sm = sub.add_parser("smc")
     sm.add_argument("--prompts", type=int, default=22)
     sm.add_argument("--budgets", type=int, nargs="+", default=[100])
+    sm.add_argument("--only", type=int, nargs="*", default=[], help="grid entries (0-based) to run; default all")
     vt = sub.add_parser("vt")
     vt.add_argument("--prompts", type=int, default=64)
     vt.add_argument("--budgets", type=int, nargs="+", default=[100, 300])
+    vt.add_argument("--only", type=int, nargs="*", default=[], help="grid entries (0-based) to run; default all")
     args = p.parse_args()
     {"lookahead": lookahead, "coarse": coarse, "smc": method_grid, "vt": method_grid}[args.cmd](args)
 
