@@ -1,6 +1,6 @@
 """Probes of the built-in counting task that decide which search can help there (tuning prompts, seed 101 only).
 
-Five questions, each answered with recorded trajectories of the real model and reward:
+Four questions, each answered with recorded trajectories of the real model and reward:
 
     python -m benchmarks.counting_probes lookahead   # does a short ODE roll-out predict the final count better
                                                      # than the one-step x0 estimate?
@@ -8,7 +8,6 @@ Five questions, each answered with recorded trajectories of the real model and r
                                                      # 10-step sample (coarse-to-fine Best-of-N)?
     python -m benchmarks.counting_probes smc         # SMC's `start` and temperature against Best-of-N and RBF
     python -m benchmarks.counting_probes vt          # vt's threshold at the reward's maximum, and its chains
-    python -m benchmarks.counting_probes held        # vt's chains on evaluation prompts the studies do not report
 
 Raw records are kept under benchmarks/.cache/ (not committed; a rerun appends only what is missing); the tables go
 to benchmarks/results/counting_probes_*.{json,md}.
@@ -285,21 +284,7 @@ VT_GRID: list[tuple[str, dict[str, Any], str]] = [
     ("abf", {"n_chains": 4, "chain_nfe": 0, "quota_power": 2.0, "explore": 0.0}, "vp"),
     ("vt", {"n_chains": 8, "chain_nfe": 25}, "vp"),
 ]
-# Chain counts on prompts the model never saw in training (see `method_grid`).
-HELD_GRID: list[tuple[str, dict[str, Any], str]] = [
-    ("bon", {}, "ode"),
-    ("vt", {"n_chains": 2, "chain_nfe": 0}, "vp"),
-    ("vt", {"n_chains": 4, "chain_nfe": 0}, "vp"),
-    ("vt", {"n_chains": 8, "chain_nfe": 0}, "vp"),
-    ("vt", {"n_chains": 16, "chain_nfe": 0}, "vp"),
-]
-GRIDS = {"smc": SMC_GRID, "vt": VT_GRID, "held": HELD_GRID}
-# The built-in model was trained on random prompts *except* the 64 evaluation prompts, so the tuning prompts
-# (random draws too) are prompts of its training distribution and much easier (Best-of-N 0.984 at 300 NFE there,
-# 0.833 on the evaluation prompts). `held` tunes on the evaluation prompts the studies never report (the last 14
-# of the 64; the studies use the first 50) with seeds 101-104: as unseen in training as the reported ones.
-HELD_PROMPTS = range(50, 64)
-HELD_SEEDS = (101, 102, 103, 104)
+GRIDS = {"smc": SMC_GRID, "vt": VT_GRID}
 
 
 def method_grid(args) -> None:
@@ -308,7 +293,6 @@ def method_grid(args) -> None:
 
     from benchmarks.common import run_counting
     from benchmarks.sampler_sweep import tuning_prompts
-    from flowscale_ray.builtin import shapes
     from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
     from flowscale_ray.models import build_model
     from flowscale_ray.prompts import Prompt
@@ -321,13 +305,7 @@ def method_grid(args) -> None:
         "vp": SamplerSpec(interpolant="vp", sde=True, diffusion_norm=8, grid="uniform"),  # RBF's tuned sampler
         "ode": SamplerSpec(**SAMPLER_PRESETS["linear-ode"]),
     }
-    if args.cmd == "held":
-        texts = shapes.evaluation_prompts()
-        tasks = [(Prompt(f"held-{i:03d}-s{s}", texts[i]), s) for s in HELD_SEEDS for i in HELD_PROMPTS]
-        what = f"{len(HELD_PROMPTS)} evaluation prompts not reported by the studies x seeds {list(HELD_SEEDS)}"
-    else:
-        tasks = [(Prompt(f"tune-{i:03d}", t), SEED) for i, t in enumerate(tuning_prompts(args.prompts))]
-        what = f"{args.prompts} tuning prompts, seed {SEED} (one search each)"
+    tasks = [(Prompt(f"tune-{i:03d}", t), SEED) for i, t in enumerate(tuning_prompts(args.prompts))]
     grid = GRIDS[args.cmd]
     path = CACHE / f"counting_{args.cmd}_tune.jsonl"
     CACHE.mkdir(exist_ok=True)
@@ -355,22 +333,17 @@ def method_grid(args) -> None:
             with path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{name} {settings} {budget}: {np.mean(row['accuracy']):.3f} ({time.perf_counter() - started:.0f}s)")
-    rows = [r for r in _rows(path) if len(r["accuracy"]) == len(tasks)]
-
-    def by_prompt(r: dict) -> np.ndarray:  # results come sorted by prompt id: prompt-major, seeds within
-        acc = np.asarray(r["accuracy"], dtype=float)
-        return acc.reshape(-1, len(HELD_SEEDS)).mean(axis=1) if args.cmd == "held" else acc
-
-    bon = {r["budget"]: by_prompt(r) for r in rows if r["name"] == "bon"}
+    rows = [r for r in _rows(path) if len(r["accuracy"]) == args.prompts]
+    bon = {r["budget"]: np.asarray(r["accuracy"]) for r in rows if r["name"] == "bon"}
     md = [
-        f"Counting task, {what}: exact-count accuracy ± s.e. over prompts (seeds averaged per prompt first). bon "
-        "on the linear ODE; the others on RBF's tuned VP-SDE (uniform grid, g = 8 s^2).",
+        f"Counting task, {args.prompts} tuning prompts, seed {SEED} (one search each): exact-count accuracy ± s.e. "
+        "over prompts. bon on the linear ODE; the others on RBF's tuned VP-SDE (uniform grid, g = 8 s^2).",
         "",
         "| method | settings | NFE budget | NFE | verifier calls | accuracy | vs bon (paired) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["budget"], r["name"] != "bon", r["name"] != "rbf")):
-        acc = by_prompt(r)
+        acc = np.asarray(r["accuracy"])
         se = acc.std(ddof=1) / math.sqrt(len(acc))
         vs = "—"
         if r["name"] != "bon" and r["budget"] in bon:
@@ -400,11 +373,8 @@ def main() -> None:
     vt.add_argument("--prompts", type=int, default=64)
     vt.add_argument("--budgets", type=int, nargs="+", default=[100, 300])
     vt.add_argument("--only", type=int, nargs="*", default=[], help="grid entries (0-based) to run; default all")
-    he = sub.add_parser("held")
-    he.add_argument("--budgets", type=int, nargs="+", default=[100, 300])
-    he.add_argument("--only", type=int, nargs="*", default=[], help="grid entries (0-based) to run; default all")
     args = p.parse_args()
-    (lookahead if args.cmd == "lookahead" else coarse if args.cmd == "coarse" else method_grid)(args)
+    {"lookahead": lookahead, "coarse": coarse, "smc": method_grid, "vt": method_grid}[args.cmd](args)
 
 
 if __name__ == "__main__":
