@@ -322,12 +322,12 @@ def paired(a: dict[str, list[float]], b: dict[str, list[float]]) -> tuple[float,
     return mean_se(np.mean(a[p]) - np.mean(b[p]) for p in a)
 
 
-def on_seeds(res: dict[str, Any], seeds: list[int], key: str = "accuracy") -> dict[str, list[float]]:
-    """res[key] restricted to `seeds` (a cell's values are in the order of its "seeds"), so that a cell run on
-    fewer seeds is compared with the same seeds of its reference."""
+def on_seeds(res: dict[str, Any], seeds: list[int]) -> dict[str, list[float]]:
+    """res's accuracies restricted to `seeds` (a cell's values are in the order of its "seeds"), so that a cell run
+    on fewer seeds is compared with the same seeds of its reference."""
     have = res.get("seeds", seeds)
     at = [have.index(s) for s in seeds]
-    return {p: [v[i] for i in at] for p, v in res[key].items()}
+    return {p: [v[i] for i in at] for p, v in res["accuracy"].items()}
 
 
 def per_prompt_mean(values: dict[str, list[float]]) -> tuple[float, float]:
@@ -531,7 +531,6 @@ def sde(args) -> None:
     from flowscale_ray.models import build_model
     from flowscale_ray.prompts import Prompt
     from flowscale_ray.rewards import build_reward
-    from flowscale_ray.search import METHODS
     from flowscale_ray.search.protocol import SearchContext
 
     model, reward, held = build_model("shapes"), build_reward("counting"), build_reward("counting_heldout")
@@ -540,17 +539,14 @@ def sde(args) -> None:
     texts = list(shapes.evaluation_prompts())[: args.prompts]
     CACHE.mkdir(exist_ok=True)
     for name in args.methods:
-        base_name, settings = SDE_METHODS[name]
+        base_name = SDE_METHODS[name][0]
         for budget in args.budgets:
             for seed in args.seeds:
                 path = CACHE / f"counting_sde_{name}_{budget}_{seed}.json"
                 if path.exists():
                     continue
                 spec = ode if name in ("base", "bon") else vp
-                ctx = SearchContext(grid=spec.grid_times())
-                method = METHODS[base_name](METHODS[base_name].Config(**settings))
-                if name != "base":
-                    method = method.with_budget(budget, ctx)
+                method = study_method(name, budget, SearchContext(grid=spec.grid_times()))
                 plain = {k: v for k, v in method.settings().items() if k != "name"}
                 tasks = [(Prompt(f"eval-{i:03d}", t), seed) for i, t in enumerate(texts)]
                 started = time.perf_counter()
@@ -570,19 +566,24 @@ def sde(args) -> None:
                 )
 
 
-def effective(name: str, budget: int) -> tuple[str, dict[str, Any]]:
-    """The settings `name` really runs with at `budget`: sized to it, chains as counted (`chain_nfe` resolved)."""
+def study_method(name: str, budget: int, ctx):
+    """The study's method `name` (SDE_METHODS) sized to `budget` NFE on ctx's grid; base ignores the budget."""
     from flowscale_ray.search import METHODS
-    from flowscale_ray.search.protocol import SearchContext
 
     base_name, settings = SDE_METHODS[name]
     method = METHODS[base_name](METHODS[base_name].Config(**settings))
-    if base_name != "base":
-        method = method.with_budget(budget, SearchContext(grid=tuple(1 - i / STEPS for i in range(STEPS + 1))))
+    return method if base_name == "base" else method.with_budget(budget, ctx)
+
+
+def effective(name: str, budget: int) -> tuple[str, dict[str, Any]]:
+    """The settings `name` really runs with at `budget`: sized to it, chains as counted (`chain_nfe` resolved)."""
+    from flowscale_ray.search.protocol import SearchContext
+
+    method = study_method(name, budget, SearchContext(grid=tuple(1 - i / STEPS for i in range(STEPS + 1))))
     out = method.settings()
     if "chain_nfe" in out:
         out.update(n_chains=method.chains(), chain_nfe=0)
-    return base_name, out
+    return SDE_METHODS[name][0], out
 
 
 def _cell(name: str, budget: int, seeds) -> tuple[str, list[int]]:
@@ -594,8 +595,9 @@ def _cell(name: str, budget: int, seeds) -> tuple[str, list[int]]:
     best = (name, runs(name))
     if budget == STEPS or len(best[1]) == len(seeds):
         return best
+    mine = effective(name, budget)
     for other in SDE_METHODS:
-        same = other not in (name, "base") and effective(other, budget) == effective(name, budget)
+        same = other not in (name, "base") and effective(other, budget) == mine
         if same and len(runs(other)) > len(best[1]):
             best = (other, runs(other))
     return best
