@@ -1,6 +1,6 @@
 """Probes of the built-in counting task that decide which search can help there (tuning prompts, seed 101 only).
 
-Four questions, each answered with recorded trajectories of the real model and reward:
+Four questions, each answered with real runs of the model and reward (recorded trajectories or whole searches):
 
     python -m benchmarks.counting_probes lookahead   # does a short ODE roll-out predict the final count better
                                                      # than the one-step x0 estimate?
