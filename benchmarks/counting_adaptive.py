@@ -322,12 +322,12 @@ def paired(a: dict[str, list[float]], b: dict[str, list[float]]) -> tuple[float,
     return mean_se(np.mean(a[p]) - np.mean(b[p]) for p in a)
 
 
-def on_seeds(res: dict[str, Any], seeds: list[int]) -> dict[str, list[float]]:
-    """res's accuracies restricted to `seeds` (a cell's values are in the order of its "seeds"), so that a cell run
-    on fewer seeds is compared with the same seeds of its reference."""
+def on_seeds(res: dict[str, Any], seeds: list[int], key: str = "accuracy") -> dict[str, list[float]]:
+    """res's values of `key` restricted to `seeds` (a cell's values are in the order of its "seeds"), so that a
+    cell run on fewer seeds is compared with the same seeds of its reference."""
     have = res.get("seeds", seeds)
     at = [have.index(s) for s in seeds]
-    return {p: [v[i] for i in at] for p, v in res["accuracy"].items()}
+    return {p: [v[i] for i in at] for p, v in res[key].items()}
 
 
 def per_prompt_mean(values: dict[str, list[float]]) -> tuple[float, float]:
@@ -425,6 +425,8 @@ def eval_(args) -> None:
             bon = results["bon"].get(budget)
             if bon is not None and method != "bon":
                 row["vs_bon"], row["vs_bon_se"] = paired(res["accuracy"], on_seeds(bon, row["seeds"]))
+                held = on_seeds(bon, row["seeds"], "held_out")
+                row["held_out_vs_bon"], row["held_out_vs_bon_se"] = paired(res["held_out"], held)
             rows.append(row)
     bon1000 = results["bon"].get(1000)
     targets = {}
@@ -447,19 +449,21 @@ def eval_(args) -> None:
     md = [
         f"Built-in counting task, {len(complete)} evaluation prompts x seeds {list(args.seeds)}; per-prompt values "
         "averaged over the seeds, then mean ± s.e. over prompts; 'vs bon' is the paired accuracy difference at the "
-        f"same budget. {how}Compute units with c_d = 1, c_v = 1.",
+        f"same budget (for the held-out score too: 'held-out vs bon'). {how}Compute units with c_d = 1, c_v = 1.",
         "",
         "| method | budget | seeds | NFE | verifier calls | units (c_v = 1) | accuracy | vs bon | reward (-RSS) "
-        "| held-out |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| held-out | held-out vs bon |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         vs = f"{r['vs_bon']:+.3f} ± {r['vs_bon_se']:.3f}" if "vs_bon" in r else "—"
+        held_vs = f"{r['held_out_vs_bon']:+.3f} ± {r['held_out_vs_bon_se']:.3f}" if "vs_bon" in r else "—"
         label = r["method"] if r["runs_of"] == r["method"] else f"{r['method']} (= {r['runs_of']})"
         md.append(
             f"| {label} | {r['budget']} | {','.join(map(str, r['seeds']))} | {r['nfe']:.0f} | "
             f"{r['verifier_calls']:.0f} | {r['units_c_v_1']:.0f} | "
-            f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | {vs} | {r['reward']:.3f} | {r['held_out']:.3f} |"
+            f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | {vs} | {r['reward']:.3f} | {r['held_out']:.3f} | "
+            f"{held_vs} |"
         )
     if targets:
         md += ["", "Against Best-of-N at 1000 NFE (paired accuracy difference):", ""]
@@ -508,6 +512,10 @@ def _plot(rows: list[dict]) -> None:
 SDE_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "base": ("base", {}),  # one sample on the linear ODE, 10 NFE whatever the budget (run with --budgets 10)
     "bon": ("bon", {}),  # the linear ODE (its best sampler in benchmarks.counting_study)
+    # Controls for the sampler (the searches run on the VP-SDE, Best-of-N on the linear ODE): does the held-out score
+    # follow the sampler or the search?
+    "base_vp": ("base", {}),
+    "bon_vp": ("bon", {}),
     "rbf": ("rbf", {"n_chains": 8}),  # the tuned setting (benchmarks.rbf_sweep)
     "abf": ("abf", {"n_chains": 8, "chain_nfe": 0}),  # chains as RBF's (adaptive_study tune_counting)
     "abf_late": ("abf", {"n_chains": 8, "chain_nfe": 0, "explore": 0.0, "quota_power": 2.0}),
@@ -545,7 +553,7 @@ def sde(args) -> None:
                 path = CACHE / f"counting_sde_{name}_{budget}_{seed}.json"
                 if path.exists():
                     continue
-                spec = ode if name in ("base", "bon") else vp
+                spec = ode if sampler_of(name) == "ode" else vp
                 method = study_method(name, budget, SearchContext(grid=spec.grid_times()))
                 plain = {k: v for k, v in method.settings().items() if k != "name"}
                 tasks = [(Prompt(f"eval-{i:03d}", t), seed) for i, t in enumerate(texts)]
@@ -566,6 +574,11 @@ def sde(args) -> None:
                 )
 
 
+def sampler_of(name: str) -> str:
+    """The sampler a study method runs on: the linear ODE for base and Best-of-N, else RBF's tuned VP-SDE."""
+    return "ode" if name in ("base", "bon") else "vp"
+
+
 def study_method(name: str, budget: int, ctx):
     """The study's method `name` (SDE_METHODS) sized to `budget` NFE on ctx's grid; base ignores the budget."""
     from flowscale_ray.search import METHODS
@@ -575,15 +588,16 @@ def study_method(name: str, budget: int, ctx):
     return method if base_name == "base" else method.with_budget(budget, ctx)
 
 
-def effective(name: str, budget: int) -> tuple[str, dict[str, Any]]:
-    """The settings `name` really runs with at `budget`: sized to it, chains as counted (`chain_nfe` resolved)."""
+def effective(name: str, budget: int) -> tuple[str, str, dict[str, Any]]:
+    """The method, sampler and settings `name` really runs with at `budget`: sized to it, chains as counted
+    (`chain_nfe` resolved)."""
     from flowscale_ray.search.protocol import SearchContext
 
     method = study_method(name, budget, SearchContext(grid=tuple(1 - i / STEPS for i in range(STEPS + 1))))
     out = method.settings()
     if "chain_nfe" in out:
         out.update(n_chains=method.chains(), chain_nfe=0)
-    return SDE_METHODS[name][0], out
+    return SDE_METHODS[name][0], sampler_of(name), out
 
 
 def _cell(name: str, budget: int, seeds) -> tuple[str, list[int]]:
@@ -597,7 +611,7 @@ def _cell(name: str, budget: int, seeds) -> tuple[str, list[int]]:
         return best
     mine = effective(name, budget)
     for other in SDE_METHODS:
-        same = other not in (name, "base") and effective(other, budget) == mine
+        same = other != name and SDE_METHODS[other][0] != "base" and effective(other, budget) == mine
         if same and len(runs(other)) > len(best[1]):
             best = (other, runs(other))
     return best

@@ -1,6 +1,6 @@
 """Probes of the built-in counting task that decide which search can help there (tuning prompts, seed 101 only).
 
-Four questions, each answered with real runs of the model and reward (recorded trajectories or whole searches):
+Five questions, each answered with real runs of the model and reward (recorded trajectories or whole searches):
 
     python -m benchmarks.counting_probes lookahead   # does a short ODE roll-out predict the final count better
                                                      # than the one-step x0 estimate?
@@ -8,6 +8,8 @@ Four questions, each answered with real runs of the model and reward (recorded t
                                                      # 10-step sample (coarse-to-fine Best-of-N)?
     python -m benchmarks.counting_probes smc         # SMC's `start` and temperature against Best-of-N and RBF
     python -m benchmarks.counting_probes vt          # vt's threshold at the reward's maximum, and its chains
+    python -m benchmarks.counting_probes hard        # on hard tuning prompts at 300 NFE: chains, threshold, seed
+                                                     # search, the sampler's noise (Best-of-N also at 1000)
 
 Raw records are kept under benchmarks/.cache/ (not committed; a rerun appends only what is missing); the tables go
 to benchmarks/results/counting_probes_*.{json,md}.
@@ -284,7 +286,23 @@ VT_GRID: list[tuple[str, dict[str, Any], str]] = [
     ("abf", {"n_chains": 4, "chain_nfe": 0, "quota_power": 2.0, "explore": 0.0}, "vp"),
     ("vt", {"n_chains": 8, "chain_nfe": 25}, "vp"),
 ]
-GRIDS = {"smc": SMC_GRID, "vt": VT_GRID}
+# On the hard tuning prompts (`sampler_sweep.hard_tuning_prompts`), at 300 NFE: what would bring a search to
+# Best-of-N@1000's accuracy with 30% of its NFE. Chains, the relative threshold, seed search and the sampler's noise.
+HARD_GRID: list[tuple[str, dict[str, Any], str]] = [
+    ("bon", {}, "ode"),
+    ("vt", {"n_chains": 8, "chain_nfe": 0}, "vp"),  # the counting recommendation at 300 NFE
+    ("vt", {"n_chains": 4, "chain_nfe": 0}, "vp"),
+    ("vt", {"n_chains": 16, "chain_nfe": 0}, "vp"),
+    ("rbf", {"n_chains": 8}, "vp"),
+    ("abf", {"n_chains": 8, "chain_nfe": 0}, "vp"),
+    ("vt", {"n_chains": 8, "chain_nfe": 0, "quantile": 0.5}, "vp"),
+    ("vt", {"n_chains": 8, "chain_nfe": 0, "calibrate": 0.5}, "vp"),
+    ("vt", {"n_chains": 8, "chain_nfe": 0, "seed_candidates": 4}, "vp"),
+    ("vt", {"n_chains": 8, "chain_nfe": 0}, "vp4"),
+    ("vt", {"n_chains": 8, "chain_nfe": 0}, "vp16"),
+    ("vt", {"n_chains": 12, "chain_nfe": 0}, "vp"),
+]
+GRIDS = {"smc": SMC_GRID, "vt": VT_GRID, "hard": HARD_GRID}
 
 
 def method_grid(args) -> None:
@@ -292,7 +310,7 @@ def method_grid(args) -> None:
     import torch  # noqa: F401
 
     from benchmarks.common import run_counting
-    from benchmarks.sampler_sweep import tuning_prompts
+    from benchmarks.sampler_sweep import hard_tuning_prompts, tuning_prompts
     from flowscale_ray.core.dynamics import SAMPLER_PRESETS, SamplerSpec
     from flowscale_ray.models import build_model
     from flowscale_ray.prompts import Prompt
@@ -303,14 +321,18 @@ def method_grid(args) -> None:
     model, reward = build_model("shapes"), build_reward("counting")
     samplers = {
         "vp": SamplerSpec(interpolant="vp", sde=True, diffusion_norm=8, grid="uniform"),  # RBF's tuned sampler
+        "vp4": SamplerSpec(interpolant="vp", sde=True, diffusion_norm=4, grid="uniform"),
+        "vp16": SamplerSpec(interpolant="vp", sde=True, diffusion_norm=16, grid="uniform"),
         "ode": SamplerSpec(**SAMPLER_PRESETS["linear-ode"]),
     }
-    tasks = [(Prompt(f"tune-{i:03d}", t), SEED) for i, t in enumerate(tuning_prompts(args.prompts))]
+    hard = args.cmd == "hard"
+    texts = hard_tuning_prompts(args.prompts) if hard else tuning_prompts(args.prompts)
+    tasks = [(Prompt(f"{'hard' if hard else 'tune'}-{i:03d}", t), SEED) for i, t in enumerate(texts)]
     grid = GRIDS[args.cmd]
     path = CACHE / f"counting_{args.cmd}_tune.jsonl"
     CACHE.mkdir(exist_ok=True)
     done = (
-        {(r["name"], json.dumps(r["settings"], sort_keys=True), r["budget"]) for r in _rows(path)}
+        {(r["name"], json.dumps(r["settings"], sort_keys=True), r["sampler"], r["budget"]) for r in _rows(path)}
         if path.exists()
         else set()
     )
@@ -318,7 +340,7 @@ def method_grid(args) -> None:
         for index, (name, settings, sampler) in enumerate(grid):
             if args.only and index not in args.only:
                 continue
-            if (name, json.dumps(settings, sort_keys=True), budget) in done:
+            if (name, json.dumps(settings, sort_keys=True), sampler, budget) in done:
                 continue
             spec = samplers[sampler]
             m = METHODS[name](METHODS[name].Config(**settings)).with_budget(budget, SearchContext(spec.grid_times()))
@@ -327,7 +349,8 @@ def method_grid(args) -> None:
             results, acc = run_counting(model, spec, reward, None, name, plain, tasks)
             row = {
                 "name": name, "settings": settings, "budget": budget, "sampler": sampler,
-                "accuracy": acc.float().tolist(), "nfe": float(np.mean([r.nfe for r in results])),
+                "accuracy": acc.float().tolist(), "reward": [r.reward for r in results],
+                "nfe": float(np.mean([r.nfe for r in results])),
                 "verifier_calls": float(np.mean([r.verifier_calls for r in results])),
             }  # fmt: skip
             with path.open("a") as f:
@@ -335,23 +358,33 @@ def method_grid(args) -> None:
             print(f"{name} {settings} {budget}: {np.mean(row['accuracy']):.3f} ({time.perf_counter() - started:.0f}s)")
     rows = [r for r in _rows(path) if len(r["accuracy"]) == args.prompts]
     bon = {r["budget"]: np.asarray(r["accuracy"]) for r in rows if r["name"] == "bon"}
+
+    def paired(acc: np.ndarray, budget: int) -> str:
+        if budget not in bon:
+            return "—"
+        d = acc - bon[budget]
+        return f"{d.mean():+.3f} ± {d.std(ddof=1) / math.sqrt(len(d)):.3f}"
+
+    kind = "hard tuning prompts (two groups, different colours and shapes, 7-8 objects)" if hard else "tuning prompts"
     md = [
-        f"Counting task, {args.prompts} tuning prompts, seed {SEED} (one search each): exact-count accuracy ± s.e. "
-        "over prompts. bon on the linear ODE; the others on RBF's tuned VP-SDE (uniform grid, g = 8 s^2).",
+        f"Counting task, {args.prompts} {kind}, seed {SEED} (one search each): exact-count accuracy ± s.e. over "
+        "prompts, paired differences against Best-of-N at the same budget and at 1000 NFE, mean reward (-RSS). bon "
+        "on the linear ODE; the others on the VP-SDE with a uniform grid, g = 8 s^2 (vp, RBF's tuned sampler), 4 s^2 "
+        "(vp4) or 16 s^2 (vp16).",
         "",
-        "| method | settings | NFE budget | NFE | verifier calls | accuracy | vs bon (paired) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | settings | sampler | NFE budget | NFE | verifier calls | accuracy | vs bon | vs bon@1000 "
+        "| reward |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["budget"], r["name"] != "bon", r["name"] != "rbf")):
         acc = np.asarray(r["accuracy"])
         se = acc.std(ddof=1) / math.sqrt(len(acc))
-        vs = "—"
-        if r["name"] != "bon" and r["budget"] in bon:
-            d = acc - bon[r["budget"]]
-            vs = f"{d.mean():+.3f} ± {d.std(ddof=1) / math.sqrt(len(d)):.3f}"
+        vs = "—" if r["name"] == "bon" else paired(acc, r["budget"])
+        vs1000 = "—" if r["budget"] >= 1000 else paired(acc, 1000)
+        reward = f"{np.mean(r['reward']):.3f}" if "reward" in r else "—"
         md.append(
-            f"| {r['name']} | {json.dumps(r['settings'])} | {r['budget']} | {r['nfe']:.0f} | "
-            f"{r['verifier_calls']:.0f} | {acc.mean():.3f} ± {se:.3f} | {vs} |"
+            f"| {r['name']} | {json.dumps(r['settings'])} | {r['sampler']} | {r['budget']} | {r['nfe']:.0f} | "
+            f"{r['verifier_calls']:.0f} | {acc.mean():.3f} ± {se:.3f} | {vs} | {vs1000} | {reward} |"
         )
     save(f"counting_probes_{args.cmd}", {"rows": rows}, "\n".join(md))
 
@@ -373,8 +406,13 @@ def main() -> None:
     vt.add_argument("--prompts", type=int, default=64)
     vt.add_argument("--budgets", type=int, nargs="+", default=[100, 300])
     vt.add_argument("--only", type=int, nargs="*", default=[], help="grid entries (0-based) to run; default all")
+    hd = sub.add_parser("hard")
+    hd.add_argument("--prompts", type=int, default=60)
+    hd.add_argument("--budgets", type=int, nargs="+", default=[300])
+    hd.add_argument("--only", type=int, nargs="*", default=[], help="grid entries (0-based) to run; default all")
     args = p.parse_args()
-    {"lookahead": lookahead, "coarse": coarse, "smc": method_grid, "vt": method_grid}[args.cmd](args)
+    grids = dict.fromkeys(GRIDS, method_grid)
+    {"lookahead": lookahead, "coarse": coarse, **grids}[args.cmd](args)
 
 
 if __name__ == "__main__":

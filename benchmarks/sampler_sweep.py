@@ -41,6 +41,26 @@ def tuning_prompts(n: int) -> list[str]:
     return out
 
 
+def hard_tuning_prompts(n: int) -> list[str]:
+    """`n` tuning prompts of the kind the evaluation set's misses concentrate on, fixed by a rule: two groups of
+    different colours *and* different shapes, 7 or 8 objects in all; never an evaluation prompt. Seeded order
+    (the rule admits 132 prompts; 14 are evaluation prompts, which leaves 118)."""
+    exclude = shapes.evaluation_prompt_keys()
+    pool = [
+        p
+        for p in shapes.all_prompts()
+        if len(p) == 2
+        and p[0].shape != p[1].shape
+        and p[0].count + p[1].count >= shapes.MAX_TOTAL - 1
+        and shapes.prompt_key(p) not in exclude
+    ]
+    if n > len(pool):
+        raise ValueError(f"only {len(pool)} hard tuning prompts exist, asked for {n}")
+    rng = np.random.default_rng(TUNING_SEED)
+    chosen = [pool[i] for i in rng.permutation(len(pool))[:n]]
+    return [shapes.prompt_text(p if rng.random() < 0.5 else p[::-1]) for p in chosen]
+
+
 def measure(model, reward, prompts, spec, method_name, settings, seeds) -> dict:
     tasks = [(Prompt(f"t{i}-s{s}", p), s) for s in range(seeds) for i, p in enumerate(prompts)]
     t0 = time.perf_counter()
