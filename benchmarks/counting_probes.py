@@ -1,6 +1,6 @@
 """Probes of the built-in counting task that decide which search can help there (tuning prompts, seed 101 only).
 
-Five questions, each answered with real runs of the model and reward (recorded trajectories or whole searches):
+The questions, each answered with real runs of the model and reward (recorded trajectories or whole searches):
 
     python -m benchmarks.counting_probes lookahead   # does a short ODE roll-out predict the final count better
                                                      # than the one-step x0 estimate?
@@ -10,6 +10,9 @@ Five questions, each answered with real runs of the model and reward (recorded t
     python -m benchmarks.counting_probes vt          # vt's threshold at the reward's maximum, and its chains
     python -m benchmarks.counting_probes hard        # on hard tuning prompts at 300 NFE: chains, threshold, seed
                                                      # search, the sampler's noise (Best-of-N also at 1000)
+    python -m benchmarks.counting_probes polish      # vt then local search around its pick (same prompts)
+    python -m benchmarks.counting_probes renoise     # how local is that local search?
+    python -m benchmarks.counting_probes noise-edge  # where does the VP-SDE's noise level break the sampler?
 
 Raw records are kept under benchmarks/.cache/ (not committed; a rerun appends only what is missing); the tables go
 to benchmarks/results/counting_probes_*.{json,md}.
@@ -126,6 +129,284 @@ def _lookahead_method(n: int):
             return SearchOutcome(best=cur[0], reward=x0[-1][0], nfe=0, records=[rec], selected=[cur[0]])
 
     return Look()
+
+
+@dataclass(frozen=True)
+class PolishConfig:
+    nfe_budget: int = 300
+    n_chains: int = 8  # vt's chains (chain_nfe 0)
+    share: float = 1 / 3  # of the budget left for the local search
+    depth: int = 3  # grid steps a try renoises back (and costs)
+    width: int = 4  # tries per batch
+
+
+def polish_class():
+    """A search (benchmarks only, registered by the studies that run it): vt with `n_chains` chains on (1 - share)
+    of the budget, then the rest on local search around its pick: renoise the best final sample back `depth` grid
+    steps (the forward kernel, free) and denoise it again (`depth` NFE), `width` such tries per batch from the
+    current best; a try replaces it when it scores strictly higher. Off-by-one counts are what the searches' misses
+    on hard prompts are made of (counting_probes hard), and a partial renoise might keep the other objects."""
+    from flowscale_ray.search import METHODS
+    from flowscale_ray.search.base import SearchMethod
+    from flowscale_ray.search.protocol import (
+        STREAM_RENOISE,
+        STREAM_STEP,
+        Batch,
+        Expand,
+        Move,
+        NoiseKey,
+        SearchOutcome,
+        StepRecord,
+    )
+
+    class Polish(SearchMethod):
+        name = "polish"
+        Config = PolishConfig
+
+        def planned_nfe(self, ctx):
+            return self.config.nfe_budget
+
+        def with_budget(self, nfe, ctx):
+            from dataclasses import replace
+
+            return Polish(replace(self.config, nfe_budget=nfe))
+
+        def search(self, ctx, seed):
+            c = self.config
+            inner = METHODS["vt"](METHODS["vt"].Config(n_chains=c.n_chains, chain_nfe=0))
+            gen = inner.with_budget(round(c.nfe_budget * (1 - c.share)), ctx).search(ctx, seed)
+            spent = 0
+            batch = next(gen)
+            while True:  # the inner search, passed through; its outcome's pick is the start of the local search
+                evals = yield batch
+                spent += sum(e.nfe for e in evals.values())
+                try:
+                    batch = gen.send(evals)
+                except StopIteration as stop:
+                    outcome = stop.value
+                    break
+            best, best_r = outcome.best, outcome.reward
+            grid = ctx.grid
+            back, path = grid[len(grid) - 1 - c.depth], grid[len(grid) - c.depth :]
+            pid, t, records, free = 10**6, 0, list(outcome.records), ()
+            while spent + c.depth <= c.nfe_budget:
+                n = min(c.width, (c.nfe_budget - spent) // c.depth)
+                tries = []
+                for _ in range(n):
+                    steps = (Move(s, NoiseKey(10**4 + t, k + 1, 0, STREAM_STEP)) for k, s in enumerate(path))
+                    moves = (Move(back, NoiseKey(10**4 + t, 0, 0, STREAM_RENOISE), renoise=True), *steps)
+                    tries.append(Expand(pid, best, moves))
+                    pid, t = pid + 1, t + 1
+                ev = yield Batch(expands=tuple(tries), release=free)
+                spent += sum(ev[e.pid].nfe for e in tries)
+                top = max(tries, key=lambda e: ev[e.pid].reward)
+                losers = [e.pid for e in tries if e.pid != top.pid]
+                if ev[top.pid].reward > best_r:
+                    losers.append(best)
+                    best, best_r = top.pid, ev[top.pid].reward
+                else:
+                    losers.append(top.pid)
+                records.append(StepRecord(step=len(records), s=0.0, nfe=c.depth * n, candidates=n, best_reward=best_r))
+                free = tuple(losers)
+            return SearchOutcome(best=best, reward=best_r, nfe=spent, records=records, selected=[best])
+
+    return Polish
+
+
+def register_polish() -> None:
+    """Register `polish` in this process (idempotent)."""
+    from flowscale_ray.search import METHODS
+
+    if "polish" not in METHODS:
+        from flowscale_ray.search.base import register_method
+
+        register_method(polish_class())
+
+
+POLISH_GRID: list[tuple[float, int, int]] = [(1 / 3, 2, 4), (1 / 3, 3, 4), (1 / 3, 4, 4), (0.5, 3, 4)]
+
+
+def polish(args) -> None:
+    """vt (8 chains, VP-SDE) then local search around its pick (`polish_method`), on the hard tuning prompts."""
+    import torch
+
+    from benchmarks.sampler_sweep import hard_tuning_prompts
+    from flowscale_ray.builtin import counting
+    from flowscale_ray.core.dynamics import SamplerSpec
+    from flowscale_ray.execution import InProcessExecutor, ParticleEngine, SearchTask
+    from flowscale_ray.models import build_model
+    from flowscale_ray.prompts import Prompt
+    from flowscale_ray.rewards import build_reward
+    from flowscale_ray.search import METHODS
+
+    model, reward = build_model("shapes"), build_reward("counting")
+    spec = SamplerSpec(interpolant="vp", sde=True, diffusion_norm=8, grid="uniform")
+    tasks = [(Prompt(f"hard-{i:03d}", t), SEED) for i, t in enumerate(hard_tuning_prompts(args.prompts))]
+    register_polish()
+    path = CACHE / "counting_hard_tune.jsonl"
+    done = {(r["name"], json.dumps(r["settings"], sort_keys=True), r["budget"]) for r in _rows(path)}
+    for budget in args.budgets:
+        for index, (share, depth, width) in enumerate(POLISH_GRID):
+            settings = {"inner": "vt", "n_chains": 8, "share": share, "depth": depth, "width": width}
+            if (args.only and index not in args.only) or (
+                "polish",
+                json.dumps(settings, sort_keys=True),
+                budget,
+            ) in done:
+                continue
+            method = METHODS["polish"](PolishConfig(budget, 8, share, depth, width))
+            started = time.perf_counter()
+            ex = InProcessExecutor(ParticleEngine(model, spec), reward, None, in_flight=len(tasks))
+            results = sorted(ex.run([SearchTask(p, method, seed) for p, seed in tasks]), key=lambda r: r.prompt.id)
+            acc = counting.accuracy(torch.stack([r.image for r in results]), [r.prompt for r in results])
+            row = {
+                "name": "polish", "settings": settings, "budget": budget, "sampler": "vp",
+                "accuracy": acc.float().tolist(), "reward": [r.reward for r in results],
+                "nfe": float(np.mean([r.nfe for r in results])),
+                "verifier_calls": float(np.mean([r.verifier_calls for r in results])),
+            }  # fmt: skip
+            if len(tasks) == args.prompts and not args.dry:
+                with path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            print(
+                f"polish {settings} {budget}: {np.mean(row['accuracy']):.3f} nfe {row['nfe']:.1f} "
+                f"({time.perf_counter() - started:.0f}s)",
+                flush=True,
+            )
+
+
+RENOISE_DEPTHS = (2, 3, 4, 5, 6)
+
+
+def renoise(args) -> None:
+    """How local is a local search? vt (8 chains, 200 NFE) on each hard tuning prompt, then `--tries` renoise-and-
+    denoise tries from its pick at each depth: how often an exact pick stays exact, and how often a wrong one
+    becomes exact."""
+    import torch  # noqa: F401
+
+    from benchmarks.sampler_sweep import hard_tuning_prompts
+    from flowscale_ray.core.dynamics import SamplerSpec
+    from flowscale_ray.models import build_model
+    from flowscale_ray.rewards import build_reward
+    from flowscale_ray.search import METHODS
+    from flowscale_ray.search.base import SearchMethod
+    from flowscale_ray.search.protocol import STREAM_RENOISE, STREAM_STEP, Batch, Expand, Move, NoiseKey, SearchOutcome
+
+    @dataclass(frozen=True)
+    class Config:
+        tries: int = args.tries
+
+    class Tries(SearchMethod):
+        name = "renoise_tries"
+
+        def __init__(self) -> None:
+            super().__init__(Config())
+            self.out: dict[str, Any] = {}
+
+        def planned_nfe(self, ctx):
+            return 0
+
+        def search(self, ctx, seed):
+            inner = METHODS["vt"](METHODS["vt"].Config(n_chains=8, chain_nfe=0)).with_budget(200, ctx)
+            gen = inner.search(ctx, seed)
+            batch = next(gen)
+            while True:
+                evals = yield batch
+                try:
+                    batch = gen.send(evals)
+                except StopIteration as stop:
+                    pick = stop.value
+                    break
+            grid, pid, tries = ctx.grid, 10**6, []
+            for d in RENOISE_DEPTHS:
+                back, path = grid[len(grid) - 1 - d], grid[len(grid) - d :]
+                for t in range(args.tries):
+                    key = 1000 * d + t
+                    steps = (Move(s, NoiseKey(key, k + 1, 0, STREAM_STEP)) for k, s in enumerate(path))
+                    moves = (Move(back, NoiseKey(key, 0, 0, STREAM_RENOISE), renoise=True), *steps)
+                    tries.append((d, Expand(pid, pick.best, moves)))
+                    pid += 1
+            ev = yield Batch(expands=tuple(e for _, e in tries))
+            self.out = {
+                "start": pick.reward,
+                **{str(d): [ev[e.pid].reward for dd, e in tries if dd == d] for d in RENOISE_DEPTHS},
+            }
+            return SearchOutcome(
+                best=pick.best, reward=pick.reward, nfe=0, records=list(pick.records), selected=[pick.best]
+            )
+
+    model, reward = build_model("shapes"), build_reward("counting")
+    spec = SamplerSpec(interpolant="vp", sde=True, diffusion_norm=8, grid="uniform")
+    path = CACHE / "counting_renoise.jsonl"
+    CACHE.mkdir(exist_ok=True)
+    done = _done(path, "i")
+    for i, text in enumerate(hard_tuning_prompts(args.prompts)):
+        if i in done:
+            continue
+        m = Tries()
+        _run(model, spec, reward, m, f"hard-{i:03d}", text)
+        with path.open("a") as f:
+            f.write(json.dumps({"i": i, **m.out}) + "\n")
+        print(f"prompt {i}: start {m.out['start']}", flush=True)
+    recs = [r for r in _rows(path) if r["i"] < args.prompts]
+    md = [
+        f"vt (8 chains, 200 NFE) on {len(recs)} hard tuning prompts (seed {SEED}), then {args.tries} tries per depth "
+        "from its pick: renoise back `depth` grid steps (forward kernel) and denoise again on the VP-SDE (g = 8 s^2). "
+        "Share of tries (mean over prompts) that are exact, and that score the same as the pick.",
+        "",
+        "| pick | prompts | " + " | ".join(f"depth {d}: exact / same" for d in RENOISE_DEPTHS) + " |",
+        "|---|---|" + "---|" * len(RENOISE_DEPTHS),
+    ]
+    for label, keep in (("exact", lambda r: r["start"] == 0), ("wrong", lambda r: r["start"] < 0)):
+        rs = [r for r in recs if keep(r)]
+        if not rs:
+            continue
+        cells = []
+        for d in RENOISE_DEPTHS:
+            exact = np.mean([np.mean(np.asarray(r[str(d)]) == 0) for r in rs])
+            same = np.mean([np.mean(np.asarray(r[str(d)]) == r["start"]) for r in rs])
+            cells.append(f"{exact:.3f} / {same:.3f}")
+        md.append(f"| {label} | {len(rs)} | " + " | ".join(cells) + " |")
+    save("counting_probes_renoise", {"records": recs}, "\n".join(md))
+
+
+NOISE_NORMS = (4.0, 8.0, 10.0, 12.0, 16.0)
+
+
+def noise_edge(args) -> None:
+    """Best-of-N samples on the VP-SDE (10 uniform steps) at several g = norm s^2: where does the sampler break?"""
+    import torch
+
+    from benchmarks.common import run_counting
+    from benchmarks.sampler_sweep import tuning_prompts
+    from flowscale_ray.core.dynamics import SamplerSpec
+    from flowscale_ray.models import build_model
+    from flowscale_ray.prompts import Prompt
+    from flowscale_ray.rewards import build_reward
+
+    model, reward = build_model("shapes"), build_reward("counting")
+    tasks = [(Prompt(f"tune-{i:03d}", t), SEED) for i, t in enumerate(tuning_prompts(args.prompts))]
+    rows = []
+    for norm in NOISE_NORMS:
+        spec = SamplerSpec(interpolant="vp", sde=True, diffusion_norm=norm, grid="uniform")
+        results, _ = run_counting(model, spec, reward, None, "base", {}, tasks)
+        images = torch.stack([r.image for r in results]).float()
+        rewards = [r.reward for r in results]
+        exact = float(np.mean([r == 0 for r in rewards]))
+        rows.append(
+            {"norm": norm, "exact": exact, "reward": float(np.mean(rewards)), "mean_pixel": images.mean().item()}
+        )
+        print(rows[-1], flush=True)
+    md = [
+        f"One sample per tuning prompt ({args.prompts} prompts, seed {SEED}) on the VP-SDE, 10 uniform steps, "
+        "g = norm s^2: share exact, mean reward (-RSS), mean pixel value (a black background with a few shapes keeps "
+        "it low; a saturated image raises it).",
+        "",
+        "| norm | exact | reward | mean pixel |",
+        "|---|---|---|---|",
+    ]
+    md += [f"| {r['norm']:g} | {r['exact']:.3f} | {r['reward']:.2f} | {r['mean_pixel']:.3f} |" for r in rows]
+    save("counting_probes_noise_edge", {"rows": rows}, "\n".join(md))
 
 
 def lookahead(args) -> None:
@@ -406,13 +687,30 @@ def main() -> None:
     vt.add_argument("--prompts", type=int, default=64)
     vt.add_argument("--budgets", type=int, nargs="+", default=[100, 300])
     vt.add_argument("--only", type=int, nargs="*", default=[], help="grid entries (0-based) to run; default all")
+    rn = sub.add_parser("renoise")
+    rn.add_argument("--prompts", type=int, default=24)
+    rn.add_argument("--tries", type=int, default=24)
+    ne = sub.add_parser("noise-edge")
+    ne.add_argument("--prompts", type=int, default=64)
+    po = sub.add_parser("polish")
+    po.add_argument("--prompts", type=int, default=60)
+    po.add_argument("--budgets", type=int, nargs="+", default=[300])
+    po.add_argument("--only", type=int, nargs="*", default=[], help="grid entries (0-based) to run; default all")
+    po.add_argument("--dry", action="store_true", help="do not record (a quick check on fewer prompts)")
     hd = sub.add_parser("hard")
     hd.add_argument("--prompts", type=int, default=60)
     hd.add_argument("--budgets", type=int, nargs="+", default=[300])
     hd.add_argument("--only", type=int, nargs="*", default=[], help="grid entries (0-based) to run; default all")
     args = p.parse_args()
     grids = dict.fromkeys(GRIDS, method_grid)
-    {"lookahead": lookahead, "coarse": coarse, **grids}[args.cmd](args)
+    commands = {
+        "lookahead": lookahead,
+        "coarse": coarse,
+        "polish": polish,
+        "renoise": renoise,
+        "noise-edge": noise_edge,
+    }
+    {**commands, **grids}[args.cmd](args)
 
 
 if __name__ == "__main__":
