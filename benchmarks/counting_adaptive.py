@@ -556,9 +556,9 @@ SDE_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "svdd": ("svdd", {}),
     "smc": ("smc", {}),
     "smc_late": ("smc", {"start": 0.5}),  # no scoring or resampling in the first half (tuning prompts: docs)
-    # vt (8 chains) on half the budget, then local search around its pick (counting_probes.polish_class): the best
-    # cell of the hard tuning prompts at 300 NFE (counting_probes hard / polish), run on the evaluation prompts as is
-    "polish": ("polish", {"n_chains": 8, "share": 0.5, "depth": 3, "width": 4}),
+    # vt (8 chains) on half the budget, then local search around its pick (`polish`, search.local): the best cell of
+    # the hard tuning prompts at 300 NFE (counting_probes hard / polish), run on the evaluation prompts as is
+    "polish": ("vt", {"n_chains": 8, "chain_nfe": 0, "polish": 0.5}),
 }
 
 
@@ -612,10 +612,8 @@ def sampler_of(name: str) -> str:
 
 def study_method(name: str, budget: int, ctx):
     """The study's method `name` (SDE_METHODS) sized to `budget` NFE on ctx's grid; base ignores the budget."""
-    from benchmarks.counting_probes import register_polish
     from flowscale_ray.search import METHODS
 
-    register_polish()
     base_name, settings = SDE_METHODS[name]
     method = METHODS[base_name](METHODS[base_name].Config(**settings))
     return method if base_name == "base" else method.with_budget(budget, ctx)

@@ -131,103 +131,12 @@ def _lookahead_method(n: int):
     return Look()
 
 
-@dataclass(frozen=True)
-class PolishConfig:
-    nfe_budget: int = 300
-    n_chains: int = 8  # vt's chains (chain_nfe 0)
-    share: float = 1 / 3  # of the budget left for the local search
-    depth: int = 3  # grid steps a try renoises back (and costs)
-    width: int = 4  # tries per batch
-
-
-def polish_class():
-    """A search (benchmarks only, registered by the studies that run it): vt with `n_chains` chains on (1 - share)
-    of the budget, then the rest on local search around its pick: renoise the best final sample back `depth` grid
-    steps (the forward kernel, free) and denoise it again (`depth` NFE), `width` such tries per batch from the
-    current best; a try replaces it when it scores strictly higher. Off-by-one counts are what the searches' misses
-    on hard prompts are made of (counting_probes hard), and a partial renoise might keep the other objects."""
-    from flowscale_ray.search import METHODS
-    from flowscale_ray.search.base import SearchMethod
-    from flowscale_ray.search.protocol import (
-        STREAM_RENOISE,
-        STREAM_STEP,
-        Batch,
-        Expand,
-        Move,
-        NoiseKey,
-        SearchOutcome,
-        StepRecord,
-    )
-
-    class Polish(SearchMethod):
-        name = "polish"
-        Config = PolishConfig
-
-        def planned_nfe(self, ctx):
-            return self.config.nfe_budget
-
-        def with_budget(self, nfe, ctx):
-            from dataclasses import replace
-
-            return Polish(replace(self.config, nfe_budget=nfe))
-
-        def search(self, ctx, seed):
-            c = self.config
-            inner = METHODS["vt"](METHODS["vt"].Config(n_chains=c.n_chains, chain_nfe=0))
-            gen = inner.with_budget(round(c.nfe_budget * (1 - c.share)), ctx).search(ctx, seed)
-            spent = 0
-            batch = next(gen)
-            while True:  # the inner search, passed through; its outcome's pick is the start of the local search
-                evals = yield batch
-                spent += sum(e.nfe for e in evals.values())
-                try:
-                    batch = gen.send(evals)
-                except StopIteration as stop:
-                    outcome = stop.value
-                    break
-            best, best_r = outcome.best, outcome.reward
-            grid = ctx.grid
-            back, path = grid[len(grid) - 1 - c.depth], grid[len(grid) - c.depth :]
-            pid, t, records, free = 10**6, 0, list(outcome.records), ()
-            while spent + c.depth <= c.nfe_budget:
-                n = min(c.width, (c.nfe_budget - spent) // c.depth)
-                tries = []
-                for _ in range(n):
-                    steps = (Move(s, NoiseKey(10**4 + t, k + 1, 0, STREAM_STEP)) for k, s in enumerate(path))
-                    moves = (Move(back, NoiseKey(10**4 + t, 0, 0, STREAM_RENOISE), renoise=True), *steps)
-                    tries.append(Expand(pid, best, moves))
-                    pid, t = pid + 1, t + 1
-                ev = yield Batch(expands=tuple(tries), release=free)
-                spent += sum(ev[e.pid].nfe for e in tries)
-                top = max(tries, key=lambda e: ev[e.pid].reward)
-                losers = [e.pid for e in tries if e.pid != top.pid]
-                if ev[top.pid].reward > best_r:
-                    losers.append(best)
-                    best, best_r = top.pid, ev[top.pid].reward
-                else:
-                    losers.append(top.pid)
-                records.append(StepRecord(step=len(records), s=0.0, nfe=c.depth * n, candidates=n, best_reward=best_r))
-                free = tuple(losers)
-            return SearchOutcome(best=best, reward=best_r, nfe=spent, records=records, selected=[best])
-
-    return Polish
-
-
-def register_polish() -> None:
-    """Register `polish` in this process (idempotent)."""
-    from flowscale_ray.search import METHODS
-
-    if "polish" not in METHODS:
-        from flowscale_ray.search.base import register_method
-
-        register_method(polish_class())
-
-
 POLISH_GRID: list[tuple[float, int, int]] = [(1 / 3, 2, 4), (1 / 3, 3, 4), (1 / 3, 4, 4), (0.5, 3, 4)]
 
 
 def polish(args) -> None:
-    """vt (8 chains, VP-SDE) then local search around its pick (`polish_method`), on the hard tuning prompts."""
+    """vt (8 chains, VP-SDE) then local search around its pick (vt's `polish`, search.local), on the hard tuning
+    prompts; (share, depth, width) = vt's (polish, polish_depth, polish_width)."""
     import torch
 
     from benchmarks.sampler_sweep import hard_tuning_prompts
@@ -242,7 +151,6 @@ def polish(args) -> None:
     model, reward = build_model("shapes"), build_reward("counting")
     spec = SamplerSpec(interpolant="vp", sde=True, diffusion_norm=8, grid="uniform")
     tasks = [(Prompt(f"hard-{i:03d}", t), SEED) for i, t in enumerate(hard_tuning_prompts(args.prompts))]
-    register_polish()
     path = CACHE / "counting_hard_tune.jsonl"
     done = {(r["name"], json.dumps(r["settings"], sort_keys=True), r["budget"]) for r in _rows(path)}
     for budget in args.budgets:
@@ -254,7 +162,8 @@ def polish(args) -> None:
                 budget,
             ) in done:
                 continue
-            method = METHODS["polish"](PolishConfig(budget, 8, share, depth, width))
+            config = {"n_chains": 8, "chain_nfe": 0, "polish": share, "polish_depth": depth, "polish_width": width}
+            method = METHODS["vt"](METHODS["vt"].Config(nfe_budget=budget, **config))
             started = time.perf_counter()
             ex = InProcessExecutor(ParticleEngine(model, spec), reward, None, in_flight=len(tasks))
             results = sorted(ex.run([SearchTask(p, method, seed) for p, seed in tasks]), key=lambda r: r.prompt.id)

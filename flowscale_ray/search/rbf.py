@@ -82,18 +82,24 @@ class IntervalSearch(SearchMethod):
         """Where an accepted interval's unused quota goes: `next` interval, or `spread` over all later ones."""
         return self.config.rollover
 
+    def main_budget(self, nfe: int) -> int:
+        """What the chains spend out of a budget of `nfe` (all of it; vt's `polish` keeps some for the end)."""
+        return nfe
+
     def _shares(self, ctx: SearchContext) -> list[int]:
         c = self.config
         n_chains = self.chains()
         intervals = ctx.steps - 1
-        remaining = c.nfe_budget - n_chains * c.seed_candidates
+        remaining = self.main_budget(c.nfe_budget) - n_chains * c.seed_candidates
         if intervals < 1:
             raise ValueError(f"{self.name} needs at least 2 steps")
         if remaining < n_chains * intervals:
             need = n_chains * (c.seed_candidates + intervals)
+            kept = c.nfe_budget - self.main_budget(c.nfe_budget)
+            also = f" besides the {kept} kept for polish" if kept else ""
             raise ValueError(
                 f"nfe_budget: {c.nfe_budget} is too small for {n_chains} chains, {c.seed_candidates} seed "
-                f"candidates and {ctx.steps} steps; need at least {need}"
+                f"candidates and {ctx.steps} steps{also}; need at least {need + kept}"
             )
         share, extra = divmod(remaining, n_chains)
         return [share + (1 if b < extra else 0) for b in range(n_chains)]
@@ -107,7 +113,8 @@ class IntervalSearch(SearchMethod):
         candidate per interval for."""
         c = self.config
         per_chain = c.seed_candidates + max(1, ctx.steps - 1)
-        chains = min(c.n_chains, per_round(nfe, per_chain, "chain (a start and one candidate per interval)"))
+        main = self.main_budget(nfe)
+        chains = min(c.n_chains, per_round(main, per_chain, "chain (a start and one candidate per interval)"))
         return type(self)(replace(c, n_chains=chains, nfe_budget=nfe))
 
     def quotas(self, share: int, intervals: int) -> list[int] | None:
@@ -196,13 +203,19 @@ class IntervalSearch(SearchMethod):
         finals = [ch.state for ch in chains]
         final_rewards = [ch.interval_best for ch in chains]
         order = rank_desc(final_rewards)
-        return SearchOutcome(
+        outcome = SearchOutcome(
             best=finals[order[0]],
             reward=final_rewards[order[0]],
             nfe=nfe,
             records=records,
             selected=[finals[i] for i in order],
         )
+        return (yield from self.finish(ctx, outcome, new_pid))
+
+    def finish(self, ctx: SearchContext, outcome: SearchOutcome, new_pid: PidCounter) -> SearchGenerator:
+        """What follows the chains (vt's local search); by default nothing."""
+        return outcome
+        yield  # a generator that yields nothing
 
     def _roll_over(self, ch: Chain, leftover: int, intervals: int) -> None:
         """Hand the unused quota of the interval just left to the later ones (the last takes what is left)."""

@@ -16,6 +16,11 @@ The threshold:
 
 Budget: exactly `nfe_budget` (RBF's split). Unused quota is spread over the remaining intervals by default
 (`rollover: spread`), not dumped on the next one.
+
+Local search at the end (`polish`, ours; `search.local`): with `polish: f > 0` the chains get the budget less
+`local_nfe(nfe_budget, f, polish_depth)`, and that is spent afterwards on tries around the pick: renoise it back
+`polish_depth` grid steps, denoise again, keep a try that scores strictly higher (`polish_width` per batch).
+`polish: 0` (default) is vt as before, request for request.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import math
 from dataclasses import dataclass
 
 from flowscale_ray.search.adaptive_rbf import check_budget_settings, check_chain_nfe, check_fraction
+from flowscale_ray.search.local import check_depth, check_local_settings, local_nfe, polish
+from flowscale_ray.search.protocol import PidCounter, SearchContext, SearchGenerator, SearchOutcome
 from flowscale_ray.search.rbf import Chain, IntervalSearch
 
 
@@ -37,10 +44,14 @@ class VTConfig:
     quantile: float = 1.0  # relative: the threshold is this quantile of the calibration scores
     rollover: str = "spread"  # next | spread
     chain_nfe: int = 200  # > 0: one chain per chain_nfe of budget, between 1 and n_chains (0: n_chains)
+    polish: float = 0.0  # share of the budget for local search around the pick at the end (search.local)
+    polish_depth: int = 3  # grid steps a try renoises back (and the NFE it costs)
+    polish_width: int = 4  # tries per batch
 
     def __post_init__(self) -> None:
         check_budget_settings(self.n_chains, self.nfe_budget, self.seed_candidates, self.rollover)
         check_chain_nfe(self.chain_nfe)
+        check_local_settings(self.polish, self.polish_depth, self.polish_width)
         check_fraction("calibrate", self.calibrate)
         check_fraction("quantile", self.quantile)
         if self.threshold is not None and not math.isfinite(self.threshold):
@@ -56,6 +67,23 @@ def nearest_rank(values: list[float], q: float) -> float:
 class VerifierThreshold(IntervalSearch):
     name = "vt"
     Config = VTConfig
+
+    def main_budget(self, nfe: int) -> int:
+        c = self.config
+        return nfe - local_nfe(nfe, c.polish, c.polish_depth)
+
+    def planned_nfe(self, ctx: SearchContext) -> int:
+        if self.config.polish:
+            check_depth(self.config.polish_depth, ctx)
+        return super().planned_nfe(ctx)
+
+    def finish(self, ctx: SearchContext, outcome: SearchOutcome, new_pid: PidCounter) -> SearchGenerator:
+        c = self.config
+        kept = c.nfe_budget - self.main_budget(c.nfe_budget)
+        if not kept:
+            return outcome
+        check_depth(c.polish_depth, ctx)
+        return (yield from polish(ctx, outcome, kept, c.polish_depth, c.polish_width, new_pid))
 
     def accepts(self, ch: Chain) -> bool:
         c = self.config
