@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import time
@@ -344,6 +345,26 @@ def both_exact(res: dict[str, Any], bon_accuracy: dict[str, list[float]], bon_he
     return len(d), float(np.mean(d)), float(np.std(d, ddof=1) / math.sqrt(len(d)))
 
 
+def stop_at_first_exact(bon: dict[int, dict[str, Any]], seeds: list[int]):
+    """Best-of-N run until its first exact sample, from its cells at the study's budgets (the same seed draws the
+    same samples first, so a larger budget's samples include a smaller one's): (pairs consistent with that, pairs,
+    lower and upper bound of the mean NFE, share of pairs solved within the largest budget); None without every
+    budget."""
+    budgets = sorted(b for b in bon if b in BUDGETS)
+    if budgets != sorted(BUDGETS):
+        return None
+    low, high, nested, solved = [], [], 0, []
+    for p in bon[budgets[0]]["accuracy"]:
+        for k in range(len(seeds)):
+            solved_at = [bon[b]["accuracy"][p][k] == 1 for b in budgets]
+            nested += all(not a or b for a, b in itertools.pairwise(solved_at))
+            first = next((i for i, ok in enumerate(solved_at) if ok), None)
+            high.append(budgets[first] if first is not None else budgets[-1])
+            low.append((budgets[first - 1] if first else 0) + STEPS if first is not None else budgets[-1])
+            solved.append(first is not None)
+    return nested, len(low), float(np.mean(low)), float(np.mean(high)), float(np.mean(solved))
+
+
 def per_prompt_mean(values: dict[str, list[float]]) -> tuple[float, float]:
     """Mean and standard error over prompts, each prompt's values averaged over its seeds first."""
     return mean_se(np.mean(v) for v in values.values())
@@ -493,6 +514,17 @@ def eval_(args) -> None:
         if r.get("held_out_both_exact"):
             n, d, se = r["held_out_both_exact"]
             md.append(f"| {r['method']} | {r['budget']} | {n} | {d:+.3f} ± {se:.3f} |")
+    stop = stop_at_first_exact(results["bon"], list(args.seeds))
+    if stop is not None:
+        nested, pairs, low, high, acc = stop
+        md += [
+            "",
+            f"Best-of-N stopping at its first exact sample (a reward with a known maximum), capped at "
+            f"{max(results['bon'])} NFE: its runs are nested ({nested} of {pairs} (prompt, seed) pairs consistent: "
+            f"solved at one budget, solved at every larger one), so it reaches {acc:.3f} spending between "
+            f"{low:.0f} and {high:.0f} NFE per prompt on average (bounds: for each pair, the study's budget before "
+            "the first one at which it is solved plus one sample, and that first budget).",
+        ]
     if targets:
         md += ["", "Against Best-of-N at 1000 NFE (paired accuracy difference):", ""]
         md += [f"- {k}: {d:+.3f} ± {se:.3f}" for k, (d, se) in targets.items()]

@@ -46,3 +46,17 @@ def test_held_out_on_pairs_that_are_both_exact():
     var = sum((x - sum(d) / 3) ** 2 for x in d) / 2
     assert se == pytest.approx(math.sqrt(var / 3))
     assert both_exact({"accuracy": {"a": [0]}, "held_out": {"a": [0.1]}}, {"a": [1]}, {"a": [0.2]}) is None
+
+
+def test_best_of_n_stopping_at_its_first_exact_sample():
+    from benchmarks.counting_adaptive import BUDGETS, stop_at_first_exact
+
+    # prompt a: seed 0 solved from 100 NFE, seed 1 never; prompt b: seed 0 from 50, seed 1 solved at 300 only
+    # (not nested: unsolved again at 500 and 1000)
+    solved = {"a": [(0, 1, 1, 1, 1), (0, 0, 0, 0, 0)], "b": [(1, 1, 1, 1, 1), (0, 0, 1, 0, 0)]}
+    bon = {b: {"accuracy": {p: [v[j][i] for j in range(2)] for p, v in solved.items()}} for i, b in enumerate(BUDGETS)}
+    nested, pairs, low, high, acc = stop_at_first_exact(bon, [0, 1])
+    assert (nested, pairs) == (3, 4)
+    assert low == pytest.approx((60 + 1000 + 10 + 110) / 4) and high == pytest.approx((100 + 1000 + 50 + 300) / 4)
+    assert acc == pytest.approx(0.75)  # solved within the cap: a/0, b/0 and b/1
+    assert stop_at_first_exact({50: bon[50]}, [0, 1]) is None
