@@ -10,6 +10,7 @@ they may spend slightly less than the budget; the NFE column says what was spent
 
     .venv/bin/python -m benchmarks.adaptive_study tune       # tuning seed only; mixture + counting tuning prompts
     .venv/bin/python -m benchmarks.adaptive_study mixture    # 200 evaluation searches per scenario, NFE 100 and 500
+    .venv/bin/python -m benchmarks.adaptive_study polish     # vt with and without its local search at the end
 
 `tune` uses seed 101 and prompt ids `tune-*` on the mixtures, and `benchmarks.sampler_sweep.tuning_prompts` (no
 evaluation prompt) on the counting task; `mixture` uses seed 0 and prompt ids `eval-*`, never seen by `tune`.
@@ -233,6 +234,38 @@ def mixture(args) -> None:
     save("adaptive_mixture", {"prompts": args.prompts, "seed": EVAL_SEED, "rows": rows}, "\n".join(md))
 
 
+def polish(args) -> None:
+    """vt's local search at the end (`polish`, chosen on the counting task's hard tuning prompts) on both mixture
+    scenarios, against vt with its defaults and SVDD, on the evaluation searches: does it help or hurt there?"""
+    rows: list[str] = []
+    for rare in SCENARIOS:
+        for nfe in args.budgets:
+            svdd = run_mixture(rare, "svdd", {}, nfe, args.prompts, EVAL_SEED, "eval")
+            plain = run_mixture(rare, "vt", {}, nfe, args.prompts, EVAL_SEED, "eval")
+            pol = run_mixture(rare, "vt", {"polish": args.share}, nfe, args.prompts, EVAL_SEED, "eval")
+            cells = []
+            for row in (plain, pol):
+                s = summary(row)
+                d_svdd, se_svdd = paired(row, svdd)
+                cells.append(
+                    f"{s['reward']:.3f} ± {s['reward_se']:.3f} | {d_svdd:+.3f} ± {se_svdd:.3f} | {s['hit']:.2f}"
+                )
+            d, se = paired(pol, plain)
+            rows.append(f"| {rare} | {nfe} | {cells[0]} | {cells[1]} | {d:+.3f} ± {se:.3f} |")
+            print(rows[-1], flush=True)
+    md = [
+        f"vt (defaults) with and without `polish: {args.share}` (depth 3, width 4) on the rare-mode mixtures: "
+        f"{args.prompts} searches per cell (seed {EVAL_SEED}, prompt ids eval-*), paper sampler (VP-SDE, g = 3 s^2, "
+        "10 steps). Reward -||x - rare mode||^2, mean ± s.e.; paired differences by search.",
+        "",
+        "| scenario | NFE | vt reward | vt - svdd | vt hit | polish reward | polish - svdd | polish hit "
+        "| polish - vt |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    save("adaptive_mixture_polish", {"prompts": args.prompts, "seed": EVAL_SEED, "share": args.share}, "\n".join(md))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -244,9 +277,13 @@ def main() -> None:
     m = sub.add_parser("mixture")
     m.add_argument("--prompts", type=int, default=200)
     m.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 300, 500, 1000])
+    po = sub.add_parser("polish")
+    po.add_argument("--prompts", type=int, default=200)
+    po.add_argument("--budgets", type=int, nargs="+", default=[100, 300, 500])
+    po.add_argument("--share", type=float, default=0.5)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    {"tune": tune, "mixture": mixture}[args.command](args)
+    {"tune": tune, "mixture": mixture, "polish": polish}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ ever improves; `polish: 0` is vt as before, request for request; settings and bu
 from __future__ import annotations
 
 import pytest
+import torch
 
 from flowscale_ray.core.dynamics import SamplerSpec
 from flowscale_ray.core.timegrid import time_grid
@@ -86,7 +87,9 @@ def test_tries_start_from_the_current_best_and_replace_it_only_when_strictly_bet
     assert batches[1][0].parent == batches[0][1].pid and batches[2][0].parent == batches[0][1].pid
     assert batches[3][0].parent == batches[2][1].pid
     assert out.best == max(tries, key=lambda e: (rewards[e.pid], -e.pid)).pid and out.reward == 5.0
-    assert [r.accepted for r in out.records if r.extra.get("polish")][:3] == [1, 0, 1]
+    polish_records = [r for r in out.records if r.extra.get("polish")]
+    assert [r.extra["improved"] for r in polish_records][:3] == [True, False, True]
+    assert not any(r.accepted for r in polish_records)  # not budget forcing's accepts (metrics count those)
 
 
 def test_polish_zero_is_vt_request_for_request():
@@ -134,3 +137,29 @@ def test_bad_settings_are_refused(bad, match):
 def test_a_budget_too_small_after_the_share_names_it():
     with pytest.raises(ValueError, match="besides the 48 kept for polish; need at least 128"):
         vt(n_chains=8, chain_nfe=0, nfe_budget=100, polish=0.5).planned_nfe(SearchContext(grid=GRID))
+
+
+def test_on_ray_the_same_samples_as_in_process(local_ray):
+    """The tries' renoise moves run on the replicas as in process: same samples, rewards, lineage and NFE."""
+    from flowscale_ray.runtime.driver import RayExecutor, RuntimeOptions
+    from flowscale_ray.runtime.messages import ComponentSpec
+
+    spec = SamplerSpec(interpolant="vp", sde=True, steps=6)
+    reward = ComponentSpec("negative_squared_distance", {"target": [2.0, 0.0]})
+    method = vt(n_chains=2, nfe_budget=40, chain_nfe=0, polish=0.5, polish_depth=2)
+    tasks = [SearchTask(Prompt(f"p{i}", "x"), method, seed=i) for i in range(3)]
+    inproc = InProcessExecutor(ParticleEngine(gmm2d(), spec), build_reward(reward.name, dict(reward.options)), None, 3)
+    ref = {r.prompt.id: r for r in inproc.run(tasks)}
+    ex = RayExecutor(
+        ComponentSpec("gmm2d", {}), spec, reward, options=RuntimeOptions(replicas=2, in_flight=3, num_cpus=0.5)
+    )
+    try:
+        res = {r.prompt.id: r for r in ex.run(tasks)}
+    finally:
+        ex.close()
+    assert res.keys() == ref.keys()
+    for pid, r in res.items():
+        assert torch.equal(r.sample, ref[pid].sample), pid
+        assert r.reward == ref[pid].reward and r.nfe == r.outcome.nfe == ref[pid].nfe == 40
+        assert r.lineage == ref[pid].lineage
+    assert any(rec.extra.get("improved") for r in ref.values() for rec in r.outcome.records)

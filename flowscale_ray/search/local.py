@@ -2,12 +2,16 @@
 
 A try renoises the current best final sample back `depth` grid steps with the forward kernel (Search over Paths'
 move; no NFE) and denoises it again along the grid (`depth` NFE); `width` tries go in one batch, all from the
-current best, and the best try replaces it only when it scores strictly higher. So the pick never gets worse,
-and what the tries explore is the neighbourhood of a sample that is already nearly right (on the counting task,
-a search's misses are almost all one object off).
+current best, and the best try replaces it only when it scores strictly higher. So the pick never gets worse.
+Meant for rewards whose misses are near misses (on the counting task a search's misses are almost all one object
+off); a try does not stay as close to the pick as that suggests (a depth-3 try keeps an exact counting sample
+exact about a third of the time, docs/adaptive.md), so it is a cheap, monotone end to the budget rather than a
+small edit.
 
-Budget: `local_nfe(budget, share, depth)` NFE, a whole number of tries (`depth` each) and at most `share` of the
-budget; the search before it gets the rest, so the two together spend the budget exactly.
+Each batch of tries is one step record (`extra`: {"polish": true, "improved": whether the pick changed}; not
+counted as budget forcing's accepts). Budget: `local_nfe(budget, share, depth)` NFE, a whole number of tries
+(`depth` each) and at most `share` of the budget; the search before it gets the rest, so the two together spend
+the budget exactly.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ def polish(
         records.append(
             StepRecord(
                 step=ctx.steps, s=0.0, nfe=sum(evals[e.pid].nfe for e in tries), candidates=n,
-                best_reward=best_reward, accepted=int(improved), extra={"polish": True},
+                best_reward=best_reward, extra={"polish": True, "improved": improved},
             )
         )  # fmt: skip
     # the last batch's losers are freed with the rest of the task when the search returns
