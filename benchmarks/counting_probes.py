@@ -282,41 +282,13 @@ def renoise(args) -> None:
 NOISE_NORMS = (4.0, 8.0, 10.0, 12.0, 16.0)
 
 
-def gaussian_overshoot(spec, v: float = 0.25, n: int = 20000) -> tuple[float, float]:
-    """The sampler on data x0 ~ N(0, v) with the exact velocity (Monte Carlo, n draws): the largest factor by which
-    an intermediate state's variance misses the true marginal's, and the final variance (v when exact)."""
-    import torch
-
-    from flowscale_ray.core.dynamics import Dynamics
-    from flowscale_ray.core.interpolants import get_interpolant
-
-    dyn = Dynamics(spec, get_interpolant(spec.interpolant))
-    path, grid = dyn.target, spec.grid_times()
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 1, dtype=torch.float64, generator=gen)
-    worst = 1.0
-    for k in range(len(grid) - 1):
-        s, s_next = torch.full((n,), grid[k], dtype=torch.float64), torch.full((n,), grid[k + 1], dtype=torch.float64)
-        a, sig = path.alpha(s), path.sigma(s)
-        m = a * a * v + sig * sig  # the marginal's variance; x0_hat = a v x / m, eps_hat = sig x / m
-        u = ((path.d_alpha(s) * a * v + path.d_sigma(s) * sig) / m)[:, None] * x
-        if grid[k + 1] > 0:
-            x = dyn.step(x, u, s, s_next, torch.randn(x.shape, dtype=x.dtype, generator=gen))
-            want = float(path.alpha(s_next[:1]) ** 2 * v + path.sigma(s_next[:1]) ** 2)
-            ratio = x.var().item() / want
-            worst = max(worst, ratio, 1 / ratio)
-        else:
-            x = dyn.final(x, u, s)
-    return worst, x.var().item()
-
-
 def noise_edge(args) -> None:
     """Best-of-N samples on the VP-SDE (10 uniform steps) at several g = norm s^2: where does the sampler break?"""
     import torch
 
     from benchmarks.common import run_counting
     from benchmarks.sampler_sweep import tuning_prompts
-    from flowscale_ray.core.dynamics import SamplerSpec
+    from flowscale_ray.core.dynamics import SamplerSpec, gaussian_overshoot
     from flowscale_ray.models import build_model
     from flowscale_ray.prompts import Prompt
     from flowscale_ray.rewards import build_reward
@@ -330,7 +302,7 @@ def noise_edge(args) -> None:
         images = torch.stack([r.image for r in results]).float()
         rewards = [r.reward for r in results]
         exact = float(np.mean([r == 0 for r in rewards]))
-        overshoot, final_var = gaussian_overshoot(spec)
+        overshoot, _, final_var = gaussian_overshoot(spec)
         rows.append(
             {
                 "norm": norm, "exact": exact, "reward": float(np.mean(rewards)), "mean_pixel": images.mean().item(),
@@ -342,8 +314,8 @@ def noise_edge(args) -> None:
         f"One sample per tuning prompt ({args.prompts} prompts, seed {SEED}) on the VP-SDE, 10 uniform steps, "
         "g = norm s^2: share exact, mean reward (-RSS), mean pixel value (a black background with a few shapes keeps "
         "it low; a saturated image raises it). Beside them, the same sampler on Gaussian data (x0 ~ N(0, 0.25)) with "
-        "the exact velocity: the largest factor by which an intermediate state's variance misses the true "
-        "marginal's, and the final variance (0.25 when exact).",
+        "the exact velocity (closed form, `core.dynamics.gaussian_overshoot`): the largest factor by which an "
+        "intermediate state's variance misses the true marginal's, and the final variance (0.25 when exact).",
         "",
         "| norm | exact | reward | mean pixel | Gaussian: worst variance factor | Gaussian: final variance |",
         "|---|---|---|---|---|---|",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flowscale_ray.config import ComponentConfig, ConfigError, JobConfig, PromptFileConfig, StorageConfig, anchored
+from flowscale_ray.core.dynamics import OVERSHOOT_WARNING, gaussian_overshoot
 from flowscale_ray.errors import first_line
 from flowscale_ray.models import FlowModel, build_model
 from flowscale_ray.prompts import Prompt
@@ -195,3 +196,15 @@ def resolve_sampler_shift(job: JobConfig) -> JobConfig:
             "set sampler.shift explicitly (FLUX.1-dev at 1024x1024: 3.1582)",
         ) from None
     return dataclasses.replace(job, sampler=dataclasses.replace(job.sampler, shift=shift))
+
+
+def sampler_check(job: JobConfig) -> str:
+    """The sampler on Gaussian data (core.dynamics.gaussian_overshoot), with a warning past OVERSHOOT_WARNING."""
+    factor, step, _ = gaussian_overshoot(job.sampler)
+    line = f"  check   sampler on Gaussian data: state variance within a factor {factor:.3g} of the marginal's"
+    if factor <= OVERSHOOT_WARNING:
+        return line
+    return (
+        f"{line} (step {step}); warning: past {OVERSHOOT_WARNING:g} the model is queried far off its training "
+        "marginals and samples may saturate: lower sampler.diffusion_norm or raise sampler.steps"
+    )

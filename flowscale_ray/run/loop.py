@@ -23,7 +23,7 @@ from flowscale_ray.logs import get_logger, redacting
 from flowscale_ray.observe.recorder import NULL_RECORDER, Recorder
 from flowscale_ray.prompts import Prompt
 from flowscale_ray.run.budget import BlockBudget, Target, job_cost, sized_for_job
-from flowscale_ray.run.components import load_prompts, resolve_sampler_shift
+from flowscale_ray.run.components import load_prompts, resolve_sampler_shift, sampler_check
 from flowscale_ray.run.executors import open_executor
 from flowscale_ray.run.output import RunOutput
 from flowscale_ray.run.tables import format_table
@@ -60,6 +60,9 @@ def run_job(job: JobConfig, base_dir: Path | None = None) -> RunReport:
             rows = done["counts"]["rows"]
             log.info(f"run {job.run_id} is already complete ({rows} rows); nothing to do: {output.uri}")
             return RunReport(job.run_id, output.uri, len(prompts), 0, done, 0.0, 0, 0)
+        check = sampler_check(job)
+        if "warning" in check:
+            log.warning(check.strip())
         method = job.method.build()
         if job.budget.per_prompt is not None:  # sized to the budget (in NFE or compute units)
             method = sized_for_job(job, method, job.budget.per_prompt)

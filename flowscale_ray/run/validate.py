@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flowscale_ray.config import JobConfig
 from flowscale_ray.run.budget import job_cost, sized_for_job
-from flowscale_ray.run.components import PROBES, build_components, load_prompts, resolve_sampler_shift
+from flowscale_ray.run.components import PROBES, build_components, load_prompts, resolve_sampler_shift, sampler_check
 from flowscale_ray.run.output import RunOutput
 from flowscale_ray.search.plan import plan
 from flowscale_ray.search.protocol import SearchContext
@@ -26,6 +26,7 @@ def validate_job(job: JobConfig, base_dir: Path | None = None, source: str = "jo
         f"  method  {job.method.name} {dataclasses.asdict(job.method.settings)}",
         f"  sampler {dataclasses.asdict(job.sampler)}",
         f"  output  {output.writer.root} ({output.num_shards} shards of {job.output.shard_size} prompts): {state}",
+        sampler_check(job),
     ]
     b = job.budget
     ctx = SearchContext(grid=job.sampler.grid_times())
