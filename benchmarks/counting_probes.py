@@ -199,7 +199,8 @@ def renoise(args) -> None:
     from flowscale_ray.rewards import build_reward
     from flowscale_ray.search import METHODS
     from flowscale_ray.search.base import SearchMethod
-    from flowscale_ray.search.protocol import STREAM_RENOISE, STREAM_STEP, Batch, Expand, Move, NoiseKey, SearchOutcome
+    from flowscale_ray.search.local import renoise_try
+    from flowscale_ray.search.protocol import Batch, SearchOutcome
 
     @dataclass(frozen=True)
     class Config:
@@ -217,24 +218,13 @@ def renoise(args) -> None:
 
         def search(self, ctx, seed):
             inner = METHODS["vt"](METHODS["vt"].Config(n_chains=8, chain_nfe=0)).with_budget(200, ctx)
-            gen = inner.search(ctx, seed)
-            batch = next(gen)
-            while True:
-                evals = yield batch
-                try:
-                    batch = gen.send(evals)
-                except StopIteration as stop:
-                    pick = stop.value
-                    break
-            grid, pid, tries = ctx.grid, 10**6, []
-            for d in RENOISE_DEPTHS:
-                back, path = grid[len(grid) - 1 - d], grid[len(grid) - d :]
-                for t in range(args.tries):
-                    key = 1000 * d + t
-                    steps = (Move(s, NoiseKey(key, k + 1, 0, STREAM_STEP)) for k, s in enumerate(path))
-                    moves = (Move(back, NoiseKey(key, 0, 0, STREAM_RENOISE), renoise=True), *steps)
-                    tries.append((d, Expand(pid, pick.best, moves)))
-                    pid += 1
+            pick = yield from inner.search(ctx, seed)
+            pids = iter(range(10**6, 10**7))
+            tries = [
+                (d, renoise_try(next(pids), pick.best, ctx.grid, d, 1000 * d + t))
+                for d in RENOISE_DEPTHS
+                for t in range(args.tries)
+            ]
             ev = yield Batch(expands=tuple(e for _, e in tries))
             self.out = {
                 "start": pick.reward,

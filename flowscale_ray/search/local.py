@@ -52,27 +52,31 @@ def check_depth(depth: int, ctx: SearchContext) -> None:
         raise ValueError(f"polish_depth: {depth} grid steps back is more than this grid allows ({ctx.steps - 1})")
 
 
+def renoise_try(pid: int, parent: int, grid: tuple[float, ...], depth: int, chain: int) -> Expand:
+    """One try from the final state `parent`: renoise back `depth` grid steps, then the grid's steps down to 0; its
+    noise keys are `chain`'s (step 0 the renoise, 1.. the steps)."""
+    steps = (Move(s, NoiseKey(chain, k + 1, 0, STREAM_STEP)) for k, s in enumerate(grid[len(grid) - depth :]))
+    renoise = Move(grid[len(grid) - 1 - depth], NoiseKey(chain, 0, 0, STREAM_RENOISE), renoise=True)
+    return Expand(pid, parent, (renoise, *steps))
+
+
 def polish(
     ctx: SearchContext, outcome: SearchOutcome, nfe: int, depth: int, width: int, new_pid: PidCounter
 ) -> SearchGenerator:
     """Local search from `outcome`'s pick (a final state, s = 0) with `nfe` NFE (a multiple of `depth`); returns
     the outcome with the pick replaced where a try beat it, the tries' records added and their NFE counted."""
-    grid = ctx.grid
-    back, path = grid[len(grid) - 1 - depth], grid[len(grid) - depth :]
     best, best_reward = outcome.best, outcome.reward
     records, spent, tries_done = list(outcome.records), 0, 0
     release: tuple[int, ...] = ()
     while spent + depth <= nfe:
         n = min(width, (nfe - spent) // depth)
-        tries = []
-        for t in range(tries_done, tries_done + n):
-            chain = TRY_CHAIN_BASE + t
-            steps = (Move(s, NoiseKey(chain, k + 1, 0, STREAM_STEP)) for k, s in enumerate(path))
-            moves = (Move(back, NoiseKey(chain, 0, 0, STREAM_RENOISE), renoise=True), *steps)
-            tries.append(Expand(new_pid(), best, moves))
+        tries = [
+            renoise_try(new_pid(), best, ctx.grid, depth, TRY_CHAIN_BASE + t) for t in range(tries_done, tries_done + n)
+        ]
         tries_done += n
         evals = yield Batch(expands=tuple(tries), release=release)
-        spent += sum(evals[e.pid].nfe for e in tries)
+        batch_nfe = sum(evals[e.pid].nfe for e in tries)
+        spent += batch_nfe
         top = max(tries, key=lambda e: evals[e.pid].reward)  # the first of equal rewards
         release = tuple(e.pid for e in tries if e.pid != top.pid)
         improved = evals[top.pid].reward > best_reward
@@ -83,7 +87,7 @@ def polish(
             release += (top.pid,)
         records.append(
             StepRecord(
-                step=ctx.steps, s=0.0, nfe=sum(evals[e.pid].nfe for e in tries), candidates=n,
+                step=ctx.steps, s=0.0, nfe=batch_nfe, candidates=n,
                 best_reward=best_reward, extra={"polish": True, "improved": improved},
             )
         )  # fmt: skip
