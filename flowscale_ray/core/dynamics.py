@@ -190,14 +190,15 @@ def gaussian_overshoot(spec: SamplerSpec, data_variance: float = 0.25) -> tuple[
     path, grid, v = dyn.target, spec.grid_times(), float(data_variance)
     one = torch.ones(1, 1, dtype=torch.float64)
     var, worst, where = 1.0, 1.0, 0  # the sampler starts from N(0, I), the marginal at s_0 = 1
-    for k in range(len(grid) - 1):
+
+    def velocity(k: int) -> tuple[Tensor, Tensor]:  # (s_k, u at x = 1): the exact velocity is u = c(s) x
         s = torch.full((1,), grid[k], dtype=torch.float64)
+        a, sig = path.alpha(s), path.sigma(s)
+        return s, (path.d_alpha(s) * a * v + path.d_sigma(s) * sig) / (a * a * v + sig * sig) * one
+
+    for k in range(len(grid) - 2):
+        s, u = velocity(k)
         s_next = torch.full((1,), grid[k + 1], dtype=torch.float64)
-        a_s, sig_s = path.alpha(s), path.sigma(s)
-        u = (path.d_alpha(s) * a_s * v + path.d_sigma(s) * sig_s) / (a_s * a_s * v + sig_s * sig_s) * one  # u = c x
-        if k == len(grid) - 2:  # the final move to 0: deterministic
-            gain = float(dyn.final(one, u, s))
-            return worst, where, gain * gain * var
         gain = float(dyn.step(one, u, s, s_next, torch.zeros_like(one)))
         spread = float(dyn.step(0 * one, 0 * one, s, s_next, one)) if spec.sde else 0.0
         var = gain * gain * var + spread * spread
@@ -205,4 +206,6 @@ def gaussian_overshoot(spec: SamplerSpec, data_variance: float = 0.25) -> tuple[
         factor = max(var / want, want / var)
         if factor > worst:
             worst, where = factor, k + 1
-    return worst, where, var
+    s, u = velocity(len(grid) - 2)  # the final move to 0: deterministic
+    gain = float(dyn.final(one, u, s))
+    return worst, where, gain * gain * var

@@ -198,13 +198,14 @@ def resolve_sampler_shift(job: JobConfig) -> JobConfig:
     return dataclasses.replace(job, sampler=dataclasses.replace(job.sampler, shift=shift))
 
 
-def sampler_check(job: JobConfig) -> str:
-    """The sampler on Gaussian data (core.dynamics.gaussian_overshoot), with a warning past OVERSHOOT_WARNING."""
+def sampler_check(job: JobConfig) -> tuple[str, bool]:
+    """The sampler on Gaussian data (core.dynamics.gaussian_overshoot): a line for `flowscale validate`, and
+    whether it warns (past OVERSHOOT_WARNING)."""
     factor, step, _ = gaussian_overshoot(job.sampler)
     line = f"  check   sampler on Gaussian data: state variance within a factor {factor:.3g} of the marginal's"
     if factor <= OVERSHOOT_WARNING:
-        return line
+        return line, False
     return (
         f"{line} (step {step}); warning: past {OVERSHOOT_WARNING:g} the model is queried far off its training "
         "marginals and samples may saturate: lower sampler.diffusion_norm or raise sampler.steps"
-    )
+    ), True

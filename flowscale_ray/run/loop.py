@@ -60,8 +60,8 @@ def run_job(job: JobConfig, base_dir: Path | None = None) -> RunReport:
             rows = done["counts"]["rows"]
             log.info(f"run {job.run_id} is already complete ({rows} rows); nothing to do: {output.uri}")
             return RunReport(job.run_id, output.uri, len(prompts), 0, done, 0.0, 0, 0)
-        check = sampler_check(job)
-        if "warning" in check:
+        check, warns = sampler_check(job)
+        if warns:
             log.warning(check.strip())
         method = job.method.build()
         if job.budget.per_prompt is not None:  # sized to the budget (in NFE or compute units)

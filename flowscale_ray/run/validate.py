@@ -26,7 +26,7 @@ def validate_job(job: JobConfig, base_dir: Path | None = None, source: str = "jo
         f"  method  {job.method.name} {dataclasses.asdict(job.method.settings)}",
         f"  sampler {dataclasses.asdict(job.sampler)}",
         f"  output  {output.writer.root} ({output.num_shards} shards of {job.output.shard_size} prompts): {state}",
-        sampler_check(job),
+        sampler_check(job)[0],
     ]
     b = job.budget
     ctx = SearchContext(grid=job.sampler.grid_times())
