@@ -359,9 +359,13 @@ def stop_at_first_exact(bon: dict[int, dict[str, Any]], seeds: list[int]):
             solved_at = [bon[b]["accuracy"][p][k] == 1 for b in budgets]
             nested += all(not a or b for a, b in itertools.pairwise(solved_at))
             first = next((i for i, ok in enumerate(solved_at) if ok), None)
-            high.append(budgets[first] if first is not None else budgets[-1])
-            low.append((budgets[first - 1] if first else 0) + STEPS if first is not None else budgets[-1])
             solved.append(first is not None)
+            if first is None:  # never solved: it spends the cap
+                low.append(budgets[-1])
+                high.append(budgets[-1])
+            else:  # solved somewhere after the previous budget's samples, at the latest at this budget
+                low.append((budgets[first - 1] if first else 0) + STEPS)
+                high.append(budgets[first])
     return nested, len(low), float(np.mean(low)), float(np.mean(high)), float(np.mean(solved))
 
 
@@ -459,10 +463,10 @@ def eval_(args) -> None:
             row["units_c_v_1"] = per_prompt_mean(units)[0]
             bon = results["bon"].get(budget)
             if bon is not None and method != "bon":
-                row["vs_bon"], row["vs_bon_se"] = paired(res["accuracy"], on_seeds(bon, row["seeds"]))
-                held = on_seeds(bon, row["seeds"], "held_out")
-                row["held_out_vs_bon"], row["held_out_vs_bon_se"] = paired(res["held_out"], held)
-                row["held_out_both_exact"] = both_exact(res, on_seeds(bon, row["seeds"]), held)
+                bon_accuracy, bon_held = on_seeds(bon, row["seeds"]), on_seeds(bon, row["seeds"], "held_out")
+                row["vs_bon"], row["vs_bon_se"] = paired(res["accuracy"], bon_accuracy)
+                row["held_out_vs_bon"], row["held_out_vs_bon_se"] = paired(res["held_out"], bon_held)
+                row["held_out_both_exact"] = both_exact(res, bon_accuracy, bon_held)
             rows.append(row)
     bon1000 = results["bon"].get(1000)
     targets = {}
